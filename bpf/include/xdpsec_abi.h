@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The one ABI shared by the XDP programs and the Python side.
+ *
+ * Everything both sides must agree on lives here: drop reasons, counters, verdict kinds, map keys and values,
+ * and the metadata the classifier leaves in front of a frame for the worker. xdpsec/abi.py reads the enums of
+ * this file at import time (so each code is defined exactly once) and mirrors the structs with ctypes; a test
+ * compares those mirrors with the layouts bcc derives from this header.
+ *
+ * Rules: numbers never change once released; new codes are appended; structs keep natural alignment with
+ * explicit padding so that C and ctypes agree without packing pragmas.
+ */
+#ifndef XDPSEC_ABI_H
+#define XDPSEC_ABI_H
+
+/* Why a packet was dropped. Shared by XDP (counted in the `drops` map) and workers (counted per SA/worker). */
+enum xs_drop {
+	XS_DROP_NONE = 0,               /* not a drop */
+	XS_DROP_MALFORMED_ETH = 1,      /* frame shorter than its Ethernet/802.1Q headers */
+	XS_DROP_MALFORMED_IP = 2,       /* IP header truncated, bad version/IHL, or length beyond the frame */
+	XS_DROP_MALFORMED_L4 = 3,       /* TCP/UDP/ICMP/ESP/AH header truncated */
+	XS_DROP_EXTHDR_DEPTH = 4,       /* IPv6 extension header chain deeper than we parse */
+	XS_DROP_POLICY_DISCARD = 5,     /* the SPD said DISCARD */
+	XS_DROP_POLICY_CLEARTEXT = 6,   /* cleartext packet matched an inbound PROTECT policy (RFC 4301 5.2) */
+	XS_DROP_NO_SA = 7,              /* PROTECT policy whose SA is not installed: never sent in clear */
+	XS_DROP_UNKNOWN_SPI = 8,        /* ESP/AH for an SPI we do not have */
+	XS_DROP_NO_SOCKET = 9,          /* no AF_XDP socket bound to the queue the packet arrived on */
+	XS_DROP_IPSEC_FRAGMENT = 10,    /* fragmented ESP/AH: the fast path does not reassemble */
+	XS_DROP_NAT_KEEPALIVE = 11,     /* RFC 3948 NAT-keepalive: ignored on purpose */
+	XS_DROP_TRUNCATED = 12,         /* ESP/AH shorter than header + IV + ICV, or not block aligned */
+	XS_DROP_REPLAY = 13,            /* sequence number replayed or left of the window (RFC 4303 3.4.3) */
+	XS_DROP_AUTH_FAILED = 14,       /* integrity check value did not verify */
+	XS_DROP_BAD_PADDING = 15,       /* padding bytes or pad length wrong (RFC 4303 2.4) */
+	XS_DROP_BAD_NEXT_HEADER = 16,   /* next header not allowed for the SA's mode */
+	XS_DROP_BAD_INNER = 17,         /* decapsulated packet is not a well-formed IP packet */
+	XS_DROP_SELECTOR_MISMATCH = 18, /* inner packet outside the SA's traffic selectors (RFC 4301 5.2) */
+	XS_DROP_TTL_EXCEEDED = 19,      /* TTL / hop limit ran out while forwarding */
+	XS_DROP_NO_ROUTE = 20,          /* no route, or the route leaves through an interface we do not drive */
+	XS_DROP_NO_NEIGHBOR = 21,       /* next hop's link-layer address not (yet) known */
+	XS_DROP_TOO_BIG = 22,           /* too big after encapsulation and may not be fragmented: ICMP sent */
+	XS_DROP_SEQ_EXHAUSTED = 23,     /* outbound sequence numbers used up (RFC 4303 3.3.3) */
+	XS_DROP_TX_FULL = 24,           /* transmit ring full */
+	XS_DROP_HANDOFF_FULL = 25,      /* ring to the worker that owns the SA full */
+	XS_DROP_NO_FRAME = 26,          /* no free UMEM frame */
+	XS_DROP_BAD_META = 27,          /* classifier metadata missing or inconsistent */
+	XS_DROP_SA_MISMATCH = 28,       /* packet does not fit the SA it names (addresses, encapsulation, protocol) */
+	XS_DROP_NOT_IP = 29,            /* not IPv4/IPv6 where IP was required */
+	XS_DROP__MAX
+};
+
+/* Non-drop events counted by the classifier, per CPU, in the `stats` map. */
+enum xs_stat {
+	XS_STAT_RX = 0,                 /* frames seen */
+	XS_STAT_PASS = 1,               /* handed to the kernel stack (BYPASS, non-IP, IKE) */
+	XS_STAT_IKE = 2,                /* IKE (UDP 500, or 4500 with the non-ESP marker) passed to the kernel */
+	XS_STAT_PROTECT = 3,            /* steered to a worker for outbound processing */
+	XS_STAT_INBOUND_ESP = 4,        /* ESP steered to a worker */
+	XS_STAT_INBOUND_ESP_UDP = 5,    /* ESP-in-UDP (RFC 3948) steered to a worker */
+	XS_STAT_INBOUND_AH = 6,         /* AH steered to a worker */
+	XS_STAT_DROP = 7,               /* dropped (by reason in `drops`) */
+	XS_STAT_VLAN = 8,               /* 802.1Q/802.1ad tagged frames seen */
+	XS_STAT__MAX
+};
+
+/* What the classifier decided; the `kind` of struct xs_meta. */
+enum xs_kind {
+	XS_KIND_NONE = 0,
+	XS_KIND_PROTECT = 1,            /* cleartext to be protected with SA sa_index (outbound) */
+	XS_KIND_ESP = 2,                /* inbound ESP for SA sa_index */
+	XS_KIND_ESP_UDP = 3,            /* inbound ESP-in-UDP for SA sa_index; l4_off points at the UDP header */
+	XS_KIND_AH = 4,                 /* inbound AH for SA sa_index */
+};
+
+/* SPD actions (RFC 4301 4.4.1). */
+enum xs_action {
+	XS_ACT_BYPASS = 0,              /* hand to the kernel stack in clear */
+	XS_ACT_DISCARD = 1,             /* drop in XDP */
+	XS_ACT_PROTECT = 2,             /* apply IPsec: outbound to a worker, inbound cleartext is dropped */
+};
+
+/* SPD direction of a policy. OUT: source in local_ts, destination in remote_ts. IN: the reverse. */
+enum xs_dir {
+	XS_DIR_OUT = 0,
+	XS_DIR_IN = 1,
+};
+
+#endif /* XDPSEC_ABI_H */
