@@ -191,3 +191,18 @@ class SAParams:
     def family(self) -> int:
         """4 or 6: the outer IP version."""
         return self.local.version
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """The selector fields of one packet (RFC 4301 §4.4.1.1) as the SPD and the inbound check see them.
+
+    Ports are 0 when the protocol has none or the packet is a non-first fragment; for ICMP/ICMPv6 `sport` is
+    the message type and `dport` the code.
+    """
+
+    src: IPAddress
+    dst: IPAddress
+    proto: int
+    sport: int = 0
+    dport: int = 0
