@@ -1,0 +1,298 @@
+"""The `xdpsec` command against a fake gateway: a real ControlServer whose handlers return canned results of
+the shapes the coordinator returns. Human output is compared whole where its layout is the point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+from xdpsec import __version__, fmt
+from xdpsec.cli import main
+from xdpsec.control import ControlError, ControlServer
+
+SAS = [
+    {"index": 1, "name": "site/net", "direction": "out", "protocol": "esp", "mode": "tunnel",
+     "spi": "0x00001001", "local": "192.0.2.1", "remote": "192.0.2.2", "encap": None,
+     "transform": "aes128gcm16", "worker": 0, "packets": 1234567, "bytes": 1580245760,
+     "drops": {"seq_exhausted": 0}, "seq": 1234568},
+    {"index": 2, "name": "site/net", "direction": "in", "protocol": "esp", "mode": "tunnel",
+     "spi": "0x00002001", "local": "192.0.2.1", "remote": "192.0.2.2", "encap": None,
+     "transform": "aes128gcm16", "worker": 1, "packets": 987, "bytes": 123456,
+     "drops": {"replay": 3, "auth_failed": 12}, "replay_window": 64},
+    {"index": 3, "name": "road/dc", "direction": "out", "protocol": "ah", "mode": "transport",
+     "spi": "0xc0ffee01", "local": "2001:db8::1", "remote": "2001:db8::2", "encap": "4500->4500",
+     "transform": "hmac_sha256_128", "worker": 1, "packets": 0, "bytes": 0, "drops": {}, "seq": 1},
+]  # fmt: skip
+POLICIES = [
+    {"id": 2, "name": "site/net", "direction": "in", "action": "discard", "priority": 1000,
+     "src": "203.0.113.0/24", "dst": "198.51.100.0/25", "proto": "any", "sports": "any", "dports": "any",
+     "sa": None, "hits": 5},
+    {"id": 1, "name": "site/net", "direction": "out", "action": "protect", "priority": 1000,
+     "src": "198.51.100.0/25", "dst": "203.0.113.0/24", "proto": 6, "sports": "any", "dports": "1000-2000",
+     "sa": 1, "hits": 1234567},
+    {"id": 3, "name": "ike", "direction": "out", "action": "bypass", "priority": 10, "src": "0.0.0.0/0",
+     "dst": "0.0.0.0/0", "proto": 17, "sports": "500", "dports": "500", "sa": None, "hits": 0},
+]  # fmt: skip
+STATS = {
+    "workers": [
+        {"id": 1, "pid": 4250, "alive": False, "restarts": 2, "rx": 10, "tx": 9, "handoff_in": 617,
+         "handoff_out": 0, "drops": {"replay": 3, "tx_full": 1, "auth_failed": 0}},
+        {"id": 0, "pid": 4242, "alive": True, "restarts": 0, "rx": 1234567, "tx": 1234560, "handoff_in": 0,
+         "handoff_out": 617, "drops": {"tx_full": 7}},
+    ],
+    "xdp": {"stats": {"rx": 2469134, "pass": 12, "ike": 4, "protect": 1234567, "drop": 20},
+            "drops": {"policy_discard": 20, "replay": 0}},
+}  # fmt: skip
+STATUS = {
+    "instance": "gwA",
+    "uptime": 273845.7,
+    "interfaces": [
+        {"name": "lan0", "xdp_mode": "native", "queues": 2},
+        {"name": "wan0", "xdp_mode": "generic", "queues": 1},
+    ],
+    "workers": 2,
+    "sas": 3,
+    "policies": 3,
+}
+RESULTS = {"sas": SAS, "policies": POLICIES, "stats": STATS, "status": STATUS}
+
+
+@pytest.fixture
+def gateway():
+    """A fake gateway; returns (socket path, results dict the handlers read, so a test can change them)."""
+    d = Path(tempfile.mkdtemp(prefix="xst-cli-", dir="/tmp"))
+    results = dict(RESULTS)
+
+    def handler(cmd):
+        def handle(args):
+            value = results[cmd]
+            if isinstance(value, Exception):
+                raise value
+            return value
+
+        return handle
+
+    server = ControlServer(d / "gw.sock", {cmd: handler(cmd) for cmd in RESULTS})
+    server.start()
+    try:
+        yield server.path, results
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- human output ------------------------------------------------------------------------------------------
+
+
+def test_sas_grouped_by_child_like_swanctl(gateway, capsys):
+    path, _ = gateway
+    code, out, err = run(capsys, "sas", "-s", str(path))
+    assert (code, err) == (0, "")
+    assert out == (
+        "road/dc: ah transport hmac_sha256_128, 2001:db8::1 <-> 2001:db8::2, udp 4500->4500\n"
+        "  #3  out  0xc0ffee01  worker 1          0 packets              0 bytes  seq 1\n"
+        "site/net: esp tunnel aes128gcm16, 192.0.2.1 <-> 192.0.2.2\n"
+        "  #2  in   0x00002001  worker 1        987 packets        123,456 bytes  window 64"
+        "      drops: auth_failed 12, replay 3\n"
+        "  #1  out  0x00001001  worker 0  1,234,567 packets  1,580,245,760 bytes  seq 1,234,568\n"
+    )
+
+
+def test_policies_in_evaluation_order(gateway, capsys):
+    path, _ = gateway
+    code, out, err = run(capsys, "policies", "-s", str(path))
+    assert (code, err) == (0, "")
+    assert out == (
+        "ID  NAME      DIR  PRIO  ACTION   SRC              DST              PROTO  SPORT  DPORT      SA       HITS\n"
+        " 3  ike       out    10  bypass   0.0.0.0/0        0.0.0.0/0        udp    500    500        -           0\n"
+        " 1  site/net  out  1000  protect  198.51.100.0/25  203.0.113.0/24   tcp    any    1000-2000  #1  1,234,567\n"
+        " 2  site/net  in   1000  discard  203.0.113.0/24   198.51.100.0/25  any    any    any        -           5\n"
+    )
+
+
+def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
+    path, _ = gateway
+    code, out, err = run(capsys, "stats", "-s", str(path))
+    assert (code, err) == (0, "")
+    workers, counters, drops = out.rstrip("\n").split("\n\n")
+    assert workers.splitlines() == [
+        "WORKER   PID  STATE  RESTARTS         RX         TX  HANDOFF IN  HANDOFF OUT  DROPS",
+        "     0  4242  up            0  1,234,567  1,234,560           0          617      7",
+        "     1  4250  DEAD          2         10          9         617            0      4",
+    ]
+    assert counters.splitlines()[1:] == [
+        "rx              2,469,134",
+        "pass                   12",
+        "ike                     4",
+        "protect         1,234,567",
+        "drop                   20",
+    ]
+    # Largest total first; reasons that dropped nothing anywhere are left out.
+    assert drops.splitlines() == [
+        "DROP REASON     XDP  W0  W1  TOTAL",
+        "policy_discard   20   0   0     20",
+        "tx_full           0   7   1      8",
+        "replay            0   0   3      3",
+    ]
+
+
+def test_status(gateway, capsys):
+    path, _ = gateway
+    code, out, err = run(capsys, "status", "-s", str(path))
+    assert (code, err) == (0, "")
+    assert out == (
+        "instance  gwA\nuptime    3d 4h\nworkers   2\nSAs       3\npolicies  3\n\n"
+        "INTERFACE  XDP      QUEUES\nlan0       native        2\nwan0       generic       1\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "cmd, empty, expected",
+    [
+        ("sas", [], "no SAs installed\n"),
+        ("policies", [], "no policies installed\n"),
+        (
+            "stats",
+            {"workers": [], "xdp": {"stats": {}, "drops": {}}},
+            "no workers\n\nXDP CLASSIFIER\n\nno drops\n",
+        ),
+    ],
+)
+def test_empty_results_say_so(gateway, capsys, cmd, empty, expected):
+    path, results = gateway
+    results[cmd] = empty
+    assert run(capsys, cmd, "-s", str(path)) == (0, expected, "")
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0s"), (59.9, "59s"), (61, "1m 1s"), (3600, "1h 0m"), (86399, "23h 59m"), (90061, "1d 1h")],
+)
+def test_duration(seconds, text):
+    assert fmt.duration(seconds) == text
+
+
+def test_columns_stay_aligned_with_wide_cells():
+    lines = fmt.align([["A", "N"], ["much-wider-cell", "1"], ["x", "1,000,000"]], right=(1,))
+    assert lines == ["A                        N", "much-wider-cell          1", "x                1,000,000"]
+    assert len({len(line) for line in lines}) == 1
+
+
+# -- --json ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cmd", sorted(RESULTS))
+def test_json_is_exactly_the_gateways_result(gateway, capsys, cmd):
+    path, _ = gateway
+    code, out, err = run(capsys, cmd, "-s", str(path), "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == RESULTS[cmd]
+
+
+# -- errors and exit codes ---------------------------------------------------------------------------------
+
+
+def test_gateway_error_exits_1_with_its_message(gateway, capsys):
+    path, results = gateway
+    results["sas"] = ControlError("SAD not loaded yet")
+    assert run(capsys, "sas", "-s", str(path)) == (1, "", "xdpsec: SAD not loaded yet\n")
+
+
+def test_gateway_bug_exits_1_without_traceback(gateway, capsys):
+    path, results = gateway
+    results["status"] = RuntimeError("boom")
+    code, out, err = run(capsys, "status", "-s", str(path))
+    assert (code, out, err) == (1, "", "xdpsec: internal error: RuntimeError: boom\n")
+
+
+def test_answer_of_another_shape_exits_1_and_suggests_json(gateway, capsys):
+    path, results = gateway
+    results["sas"] = [{"index": 1}]  # e.g. a gateway of another version
+    code, out, err = run(capsys, "sas", "-s", str(path))
+    assert (code, out) == (1, "")
+    assert err.startswith("xdpsec: sas: cannot display the gateway's answer (KeyError: ")
+    assert err.endswith("; try --json\n") and err.count("\n") == 1
+    assert run(capsys, "sas", "-s", str(path), "--json") == (0, '[\n  {\n    "index": 1\n  }\n]\n', "")
+
+
+def test_no_gateway_exits_3_with_one_line(capsys):
+    name = f"xst-cli-absent-{os.getpid()}"
+    code, out, err = run(capsys, "status", "-i", name)
+    assert (code, out) == (3, "")
+    assert err == (
+        f"xdpsec: no gateway running for instance '{name}' (no /run/xdpsec/{name}.sock); "
+        "start it with `xdpsec run -c FILE`\n"
+    )
+    assert "Traceback" not in err
+
+
+def test_socket_option_overrides_instance(gateway, capsys):
+    path, _ = gateway
+    code, _out, err = run(capsys, "status", "-i", f"xst-cli-absent-{os.getpid()}", "-s", str(path))
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["run"], ["check"], ["sas", "-i", "../etc/passwd"], ["sas", "--bogus"]],
+)
+def test_usage_errors_exit_2(capsys, argv):
+    code, _out, err = run(capsys, *argv)
+    assert code == 2
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_help_documents_exit_codes(capsys):
+    code, out, _err = run(capsys, "--help")
+    assert code == 0
+    for line in ("0  ok", "1  the gateway answered with an error", "2  usage or configuration error",
+                 "3  no gateway reachable"):  # fmt: skip
+        assert line in out
+
+
+def test_version(capsys):
+    assert run(capsys, "version") == (0, f"xdpsec {__version__}\n", "")
+
+
+# -- run and check delegate --------------------------------------------------------------------------------
+
+
+def test_run_hands_its_arguments_to_the_coordinator(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("xdpsec.coordinator")
+    fake.run_main = lambda args: seen.append(args) or 0
+    monkeypatch.setitem(sys.modules, "xdpsec.coordinator", fake)
+    assert run(capsys, "run", "-c", "gw.toml", "--log-level", "debug") == (0, "", "")
+    assert (seen[0].config, seen[0].log_level) == (Path("gw.toml"), "debug")
+
+
+def test_run_without_a_coordinator_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xdpsec.coordinator", None)  # import fails as if the module were absent
+    code, out, err = run(capsys, "run", "-c", "gw.toml")
+    assert (code, out) == (2, "")
+    assert err == "xdpsec: run: this build of xdpsec has no gateway (xdpsec.coordinator is missing)\n"
+
+
+@pytest.mark.parametrize(
+    "argv, passed", [(["-c", "gw.toml"], ["-c", "gw.toml"]), (["--json", "-c", "x"], ["-c", "x", "--json"])]
+)
+def test_check_hands_its_arguments_to_config(capsys, monkeypatch, argv, passed):
+    seen = []
+    fake = types.ModuleType("xdpsec.config")
+    fake.check_main = lambda a: seen.append(a) or 2
+    monkeypatch.setitem(sys.modules, "xdpsec.config", fake)
+    assert run(capsys, "check", *argv)[0] == 2  # check_main's exit code is the command's
+    assert seen == [passed]

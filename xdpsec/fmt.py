@@ -1,0 +1,200 @@
+"""Human output of the `xdpsec` command: the control socket's results as aligned, compact tables.
+
+Meant to be read at 3 a.m.: SAs grouped by child like ``swanctl --list-sas`` (one line per child with what
+both directions share, then one line per SA), every count with thousands separators, drop reasons by the
+names `xdpsec.abi.drop_name` gives them, zero counts left out. Each renderer takes the result shape the
+coordinator returns (see xdpsec/cli.py) and returns text without a trailing newline; --json output bypasses
+this module entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+NONE = "-"
+#: IANA protocol numbers a policy is likely to name; others are shown as numbers.
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 58: "ipv6-icmp", 132: "sctp"}
+
+
+def num(n: int) -> str:
+    return f"{n:,}"
+
+
+def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
+    """Rows of cells as lines with every column padded to its widest cell; columns in `right` are numbers."""
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def drops_text(drops: Mapping[str, int]) -> str:
+    """``replay 3, auth_failed 1``: largest first, zeros left out, ``-`` if nothing was dropped."""
+    nonzero = sorted(((n, reason) for reason, n in drops.items() if n), key=lambda t: (-t[0], t[1]))
+    return ", ".join(f"{reason} {num(n)}" for n, reason in nonzero) or NONE
+
+
+def duration(seconds: float) -> str:
+    """``3d 4h 12m``, ``4m 12s``: the two largest units, enough to tell "just restarted" from "up for weeks"."""
+    s = int(seconds)
+    parts = [(s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "m"), (s % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{v}{unit}" for v, unit in parts[:2])
+
+
+# -- sas ---------------------------------------------------------------------------------------------------
+
+
+def _child_line(sa: Mapping[str, Any]) -> str:
+    encap = f", udp {sa['encap']}" if sa["encap"] else ""  # RFC 3948 UDP encapsulation: ports local->remote
+    return (
+        f"{sa['name']}: {sa['protocol']} {sa['mode']} {sa['transform']}, "
+        f"{sa['local']} <-> {sa['remote']}{encap}"
+    )
+
+
+def _sa_row(sa: Mapping[str, Any]) -> list[str]:
+    if sa["direction"] == "out":
+        position = f"seq {num(sa['seq'])}"
+    else:
+        position = f"window {num(sa['replay_window'])}"
+    return [
+        f"  #{sa['index']}",
+        sa["direction"],
+        sa["spi"],
+        f"worker {sa['worker']}",
+        f"{num(sa['packets'])} packets",
+        f"{num(sa['bytes'])} bytes",
+        position,
+        f"drops: {drops_text(sa['drops'])}" if any(sa["drops"].values()) else "",
+    ]
+
+
+def render_sas(sas: Sequence[Mapping[str, Any]]) -> str:
+    if not sas:
+        return "no SAs installed"
+    # Both directions of a child share a heading when they agree on everything but direction and SPI.
+    order = sorted(sas, key=lambda sa: (sa["name"], _child_line(sa), sa["direction"] != "in", sa["index"]))
+    lines = align([_sa_row(sa) for sa in order], right=(4, 5))
+    out, heading = [], None
+    for sa, line in zip(order, lines, strict=True):
+        if _child_line(sa) != heading:
+            heading = _child_line(sa)
+            out.append(heading)
+        out.append(line)
+    return "\n".join(out)
+
+
+# -- policies ----------------------------------------------------------------------------------------------
+
+
+def render_policies(policies: Sequence[Mapping[str, Any]]) -> str:
+    if not policies:
+        return "no policies installed"
+    # The order the SPD evaluates them in: by direction, lower priority first (RFC 4301 §4.4.1).
+    order = sorted(policies, key=lambda p: (p["direction"] != "out", p["priority"], p["id"]))
+    rows = [["ID", "NAME", "DIR", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "SA", "HITS"]]
+    for p in order:
+        rows.append(
+            [
+                str(p["id"]),
+                p["name"],
+                p["direction"],
+                str(p["priority"]),
+                p["action"],
+                p["src"],
+                p["dst"],
+                PROTOCOLS.get(p["proto"], str(p["proto"])),
+                str(p["sports"]),
+                str(p["dports"]),
+                NONE if p["sa"] is None else f"#{p['sa']}",
+                num(p["hits"]),
+            ]
+        )
+    return "\n".join(align(rows, right=(0, 3, 11)))
+
+
+# -- stats -------------------------------------------------------------------------------------------------
+
+
+def _workers_table(workers: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = [["WORKER", "PID", "STATE", "RESTARTS", "RX", "TX", "HANDOFF IN", "HANDOFF OUT", "DROPS"]]
+    for w in sorted(workers, key=lambda w: w["id"]):
+        rows.append(
+            [
+                str(w["id"]),
+                str(w["pid"]),
+                "up" if w["alive"] else "DEAD",
+                num(w["restarts"]),
+                num(w["rx"]),
+                num(w["tx"]),
+                num(w["handoff_in"]),
+                num(w["handoff_out"]),
+                num(sum(w["drops"].values())),
+            ]
+        )
+    return align(rows, right=(0, 1, 3, 4, 5, 6, 7, 8))
+
+
+def _drops_table(xdp_drops: Mapping[str, int], workers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per reason that dropped anything: where it happened (classifier, each worker) and the total."""
+    workers = sorted(workers, key=lambda w: w["id"])
+    sources = [xdp_drops] + [w["drops"] for w in workers]
+    totals: dict[str, int] = {}
+    for source in sources:
+        for reason, n in source.items():
+            totals[reason] = totals.get(reason, 0) + n
+    reasons = sorted((r for r, n in totals.items() if n), key=lambda r: (-totals[r], r))
+    if not reasons:
+        return ["no drops"]
+    rows = [["DROP REASON", "XDP"] + [f"W{w['id']}" for w in workers] + ["TOTAL"]]
+    for reason in reasons:
+        rows.append([reason] + [num(s.get(reason, 0)) for s in sources] + [num(totals[reason])])
+    return align(rows, right=range(1, len(rows[0])))
+
+
+def render_stats(stats: Mapping[str, Any]) -> str:
+    workers = stats["workers"]
+    xdp = stats["xdp"]
+    counters = [["XDP CLASSIFIER", ""]] + [[name, num(n)] for name, n in xdp["stats"].items()]
+    parts = [
+        _workers_table(workers) if workers else ["no workers"],
+        align(counters, right=(1,)),
+        _drops_table(xdp["drops"], workers),
+    ]
+    return "\n\n".join("\n".join(part) for part in parts)
+
+
+# -- status ------------------------------------------------------------------------------------------------
+
+
+def render_status(status: Mapping[str, Any]) -> str:
+    summary = align(
+        [
+            ["instance", status["instance"]],
+            ["uptime", duration(status["uptime"])],
+            ["workers", num(status["workers"])],
+            ["SAs", num(status["sas"])],
+            ["policies", num(status["policies"])],
+        ]
+    )
+    rows = [["INTERFACE", "XDP", "QUEUES"]]
+    rows += [[i["name"], i["xdp_mode"], num(i["queues"])] for i in status["interfaces"]]
+    interfaces = align(rows, right=(2,)) if status["interfaces"] else ["no interfaces attached"]
+    return "\n".join(summary) + "\n\n" + "\n".join(interfaces)
+
+
+RENDERERS = {
+    "sas": render_sas,
+    "policies": render_policies,
+    "stats": render_stats,
+    "status": render_status,
+}
