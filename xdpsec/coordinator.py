@@ -1,0 +1,472 @@
+"""The coordinator: one process per gateway that sets up the data path and keeps it running.
+
+Start-up order matters, because from the moment the XDP program is attached it classifies real traffic:
+
+1. read and validate the configuration (nothing starts on a bad one);
+2. learn the interfaces (netlink), compile the classifier, fill its maps: interfaces, local addresses,
+   inbound SPIs, the child -> outbound SA table and the SPD;
+3. create every worker's UMEM, AF_XDP sockets and handoff rings, put the sockets in the XSKMAP, fork the
+   workers and hand each the SAs it owns;
+4. attach XDP to the interfaces last, pin the maps under /sys/fs/bpf/xdpsec/<instance>, open the control socket.
+
+While running, a pump thread serves the workers (next-hop requests, replies, deaths): a worker that dies is
+replaced with fresh sockets and given its SAs again, its outbound sequence numbers resuming after the last
+reserved block (xdpsec/io/seqstore.py) so no number is ever used twice. SIGTERM/SIGINT detach XDP first (no
+frame is steered to a socket that is going away), then stop the workers and remove pins and the socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import multiprocess
+
+from xdpsec import config as configmod
+from xdpsec.abi import Action, PolicyDir
+from xdpsec.control import ControlError, ControlServer, socket_path
+from xdpsec.dataplane.core import Port, Route
+from xdpsec.io.bpf import Classifier
+from xdpsec.io.localpath import BYPASS_MARK, DATAPATH_END, KERNEL_END, LocalPath, local_routes
+from xdpsec.io.netlink import Netlink
+from xdpsec.io.ring import HandoffRing
+from xdpsec.io.seqstore import SeqStore
+from xdpsec.io.xsk import Umem, XskSocket
+from xdpsec.proposals import format_transform
+from xdpsec.sa import Direction, SAParams
+from xdpsec.worker import WorkerSpec, worker_main
+
+log = logging.getLogger("xdpsec")
+
+PIN_ROOT = Path("/sys/fs/bpf/xdpsec")
+UMEM_FRAMES = 8192
+RING_SIZE = 2048
+HANDOFF_SLOTS = 1024
+ROUTE_REFRESH = 30.0  # seconds between re-resolving known next hops (neighbours move, routes change)
+RESOLVE_RETRY = 0.5  # do not ask the kernel about the same unresolved destination more often than this
+RESOLVE_QUEUE = 1024
+QUERY_TIMEOUT = 2.0
+
+
+@dataclass
+class InstalledSA:
+    index: int
+    child: str
+    params: SAParams
+    owner: int
+    seq_slot: int
+
+
+@dataclass
+class WorkerHandle:
+    wid: int
+    proc: object = None
+    conn: object = None
+    restarts: int = 0
+    started: float = 0.0
+    sockets: list = field(default_factory=list)  # (slot, queue) pairs this worker serves
+
+
+class Gateway:
+    def __init__(self, cfg: configmod.Config) -> None:
+        self.cfg = cfg
+        self.instance = cfg.instance
+        self.started = time.time()
+        self.stopping = threading.Event()
+        self.ctx = multiprocess.get_context("fork")
+        self.classifier: Classifier | None = None
+        self.netlink: Netlink | None = None
+        self.control: ControlServer | None = None
+        self.ports: dict[int, Port] = {}
+        self.ifaces: dict[int, object] = {}  # slot -> netlink Iface
+        self.slot_by_ifindex: dict[int, int] = {}
+        self.workers: list[WorkerHandle] = []
+        self.rings: dict[tuple[int, int], HandoffRing] = {}
+        self.sas: dict[int, InstalledSA] = {}
+        self.child_ids: dict[str, int] = {}
+        self.child_out: dict[str, int] = {}  # child -> outbound SA index
+        self.policies = cfg.policies()
+        self.seqstore: SeqStore | None = None
+        self.routes: dict[bytes, Route | None] = {}
+        self._route_tries: dict[bytes, float] = {}
+        self.resolve_q: queue.Queue = queue.Queue(maxsize=RESOLVE_QUEUE)
+        self.futures: dict[int, Future] = {}
+        self._req = itertools.count(1)
+        self._lock = threading.Lock()
+        self.attached: list[str] = []
+        self.nworkers = 0
+        self.localpath: LocalPath | None = None
+        self.local_slot: int | None = None
+        self.local_kernel_mac = b""
+
+    # --- start-up --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        gw = self.cfg.gateway
+        self.netlink = Netlink()
+        for slot, name in enumerate(gw.interfaces):
+            iface = self.netlink.iface(name)
+            self.ifaces[slot] = iface
+            self.slot_by_ifindex[iface.index] = slot
+            self.ports[slot] = Port(slot, iface.name, iface.mac, iface.mtu, tuple(iface.addrs))
+        queues = min(self.ifaces[s].rx_queues for s in self.ifaces)
+        self.nworkers = max(1, min(gw.workers, queues))
+        if self.nworkers < gw.workers:
+            log.warning("using %d worker(s), not %d: an AF_XDP socket receives from one rx queue and the "
+                        "interfaces have %d", self.nworkers, gw.workers, queues)
+        self.seqstore = SeqStore(Path(gw.state_dir) / self.instance / "seq.db")
+        self._setup_local_path()
+
+        log.info("compiling the XDP classifier")
+        self.classifier = Classifier()
+        cl = self.classifier
+        cl.set_config(default_action=Action[gw.default_action.upper()], encap_port=gw.encap_port)
+        for slot, iface in self.ifaces.items():
+            cl.set_iface(iface.index, slot)
+        cl.set_local_addrs(self.cfg.local_addresses())
+
+        for a in range(self.nworkers):
+            for b in range(self.nworkers):
+                if a != b:
+                    self.rings[(a, b)] = HandoffRing(HANDOFF_SLOTS, 2048)
+        for wid in range(self.nworkers):
+            self.workers.append(WorkerHandle(wid))
+            self._spawn(self.workers[-1])
+
+        self._install_manual_sas()
+        cl.set_policies(self.policies, self.child_ids)
+
+        threading.Thread(target=self._pump, name="pump", daemon=True).start()
+        threading.Thread(target=self._resolver, name="resolver", daemon=True).start()
+        for sa in self.sas.values():  # learn the peers' next hops before the first packet needs them
+            if sa.params.direction == Direction.OUT:
+                self._want_route(sa.params.remote.packed)
+
+        for slot in sorted(self.ports):
+            name = self.ports[slot].name
+            cl.attach(name, mode=gw.xdp_mode)
+            self.attached.append(name)
+        pins = PIN_ROOT / self.instance
+        try:
+            cl.pin(str(pins))
+        except OSError as exc:  # bpffs hidden (e.g. under `ip netns exec`): the gateway still works
+            log.warning("not pinning maps under %s: %s", pins, exc)
+        self.control = ControlServer(socket_path(self.instance), self._handlers())
+        self.control.start()
+        log.info("gateway %s up: %d interface(s), %d worker(s), %d SA(s), %d policies", self.instance,
+                 len(self.ports), self.nworkers, len(self.sas), len(self.policies))
+
+    def _setup_local_path(self) -> None:
+        """Create the veth pair that carries this host's own protected traffic, if any child needs it."""
+        host_addrs = {a for iface in self.ifaces.values() for a in iface.addrs}
+        children = [(out_p.local_ts, out_p.remote_ts) for _child, out_p, _in_p in self.cfg.manual_sas()]
+        routes = local_routes(children, host_addrs)
+        if not routes:
+            return
+        self.localpath = LocalPath(self.nworkers, max(p.mtu for p in self.ports.values()))
+        self.localpath.up(routes)
+        slot = len(self.ports)
+        iface = self.netlink.iface(DATAPATH_END)
+        self.ifaces[slot] = iface
+        self.slot_by_ifindex[iface.index] = slot
+        self.ports[slot] = Port(slot, iface.name, iface.mac, iface.mtu, tuple(host_addrs))
+        self.local_slot = slot
+        self.local_kernel_mac = self.netlink.iface(KERNEL_END).mac
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        """Create a worker's UMEM and sockets, publish them in the XSKMAP and fork the worker."""
+        wid, n = handle.wid, self.nworkers
+        umem = Umem(UMEM_FRAMES)
+        sockets: list[tuple[int, XskSocket]] = []
+        first = None
+        for slot, iface in self.ifaces.items():
+            for q in range(iface.rx_queues):
+                if q % n != wid:
+                    continue
+                sock = XskSocket(umem, iface.index, q, ring_size=RING_SIZE, shared_with=first)
+                first = first or sock
+                sockets.append((slot, sock))
+        for (a, b), ring in self.rings.items():
+            if wid in (a, b):
+                ring.reset()
+        spec = WorkerSpec(
+            wid=wid, ports=self.ports, umem=umem, sockets=sockets,
+            handoff_in=[self.rings[(a, wid)] for a in range(n) if a != wid],
+            handoff_out={b: self.rings[(wid, b)] for b in range(n) if b != wid},
+            seqstore=self.seqstore, fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=worker_main, args=(spec, child, log.getEffectiveLevel()),
+                                name=f"xdpsec-worker{wid}", daemon=True)
+        proc.start()
+        child.close()
+        handle.proc, handle.conn, handle.started = proc, parent, time.time()
+        handle.sockets = [(slot, sock.queue) for slot, sock in sockets]
+        for slot, sock in sockets:
+            self.classifier.set_xsk(slot, sock.queue, sock.fd)
+        # The worker holds its own copies now. Ours go, so that the worker's death closes the sockets and the
+        # kernel empties their XSKMAP slots instead of letting frames pile up in rings nobody reads.
+        for _slot, sock in sockets:
+            sock.close()
+        umem.close()
+        log.info("worker %d started (pid %d) on %s", wid, proc.pid,
+                 ", ".join(f"{self.ports[s].name}/q{q}" for s, q in handle.sockets))
+
+    def _install_manual_sas(self) -> None:
+        index = itertools.count(1)
+        for n, (child, out_p, in_p) in enumerate(self.cfg.manual_sas()):
+            owner_out = n % self.nworkers
+            owner_in = (n + 1) % self.nworkers  # spread the two directions of a child over the workers
+            self.child_ids[child] = len(self.child_ids) + 1
+            for params, owner in ((out_p, owner_out), (in_p, owner_in)):
+                sa = InstalledSA(next(index), child, params, owner, self.seqstore.slot_for(params))
+                self.sas[sa.index] = sa
+                self._send_sa(sa)
+                if params.direction == Direction.OUT:
+                    self.child_out[child] = sa.index
+                    self.classifier.set_child_sa(self.child_ids[child], sa.index, owner)
+                else:
+                    self.classifier.set_sa_in(params.spi, int(params.protocol), sa.index, owner,
+                                              params.encap is not None)
+
+    def _send_sa(self, sa: InstalledSA) -> None:
+        op = "add_out" if sa.params.direction == Direction.OUT else "add_in"
+        self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot))
+
+    def _send(self, wid: int, msg: tuple) -> None:
+        handle = self.workers[wid]
+        try:
+            with self._lock:
+                handle.conn.send(msg)
+        except (OSError, ValueError):
+            pass  # the worker is dead or dying; its restart re-sends what it needs
+
+    # --- the pump: messages from workers, and their deaths ------------------------------------------------
+    def _pump(self) -> None:
+        from multiprocess.connection import wait
+        while not self.stopping.is_set():
+            conns = {h.conn: h for h in self.workers}
+            sentinels = {h.proc.sentinel: h for h in self.workers}
+            for ready in wait(list(conns) + list(sentinels), timeout=0.5):
+                if ready in sentinels:
+                    if not self.stopping.is_set():
+                        self._restart(sentinels[ready])
+                    continue
+                handle = conns[ready]
+                try:
+                    msg = ready.recv()
+                except (EOFError, OSError):
+                    continue  # its sentinel fires next
+                if msg[0] == "resolve":
+                    for dst in msg[1]:
+                        self._want_route(dst)
+                elif msg[0] == "reply":
+                    fut = self.futures.pop(msg[1], None)
+                    if fut is not None:
+                        fut.set_result(msg[2])
+                else:
+                    log.warning("worker %d sent unknown message %r", handle.wid, msg[0])
+
+    def _restart(self, handle: WorkerHandle) -> None:
+        code = handle.proc.exitcode
+        log.error("worker %d (pid %s) died with exit code %s; restarting it", handle.wid, handle.proc.pid, code)
+        handle.conn.close()
+        handle.restarts += 1
+        self._spawn(handle)
+        for sa in self.sas.values():
+            if sa.owner == handle.wid:
+                self._send_sa(sa)
+        for dst, route in list(self.routes.items()):
+            self._send(handle.wid, ("route", dst, route))
+
+    # --- next hops -------------------------------------------------------------------------------------------
+    def _want_route(self, dst: bytes) -> None:
+        now = time.monotonic()
+        if now - self._route_tries.get(dst, 0.0) < RESOLVE_RETRY:
+            return
+        self._route_tries[dst] = now
+        try:
+            self.resolve_q.put_nowait(dst)
+        except queue.Full:
+            log.warning("next-hop resolution queue full; dropping a request")
+
+    def _resolver(self) -> None:
+        nl = Netlink()  # its own netlink socket: pyroute2 sockets are not shared across threads
+        last_refresh = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                dst = self.resolve_q.get(timeout=1.0)
+            except queue.Empty:
+                dst = None
+            if dst is not None:
+                self._resolve(nl, dst)
+            if time.monotonic() - last_refresh > ROUTE_REFRESH:
+                last_refresh = time.monotonic()
+                for known in list(self.routes):
+                    self._resolve(nl, known)
+        nl.close()
+
+    def _resolve(self, nl: Netlink, dst: bytes) -> None:
+        addr = ipaddress.ip_address(dst)
+        try:
+            nh = nl.resolve(addr, timeout=1.0, mark=BYPASS_MARK if self.localpath else None)
+        except Exception as exc:  # netlink trouble must not kill the resolver
+            log.warning("resolving %s failed: %s", addr, exc)
+            nh = None
+        if nh is None:
+            for h in self.workers:
+                self._send(h.wid, ("unresolved", dst))
+            return
+        if nh.local:  # for this host: into the kernel through the local path, if there is one
+            slot = self.local_slot
+            route = None if slot is None else Route.make(slot, self.ports[slot].mac, self.local_kernel_mac,
+                                                         self.ports[slot].mtu, local=True)
+        else:
+            slot = self.slot_by_ifindex.get(nh.ifindex)
+            route = None if slot is None else Route.make(slot, nh.src_mac, nh.dst_mac, nh.mtu)
+        if route is None:
+            log.warning("%s is reached through %s, which xdpsec does not drive: dropping as no_route",
+                        addr, nh.ifname)
+        if self.routes.get(dst, ...) != route:
+            self.routes[dst] = route
+            for h in self.workers:
+                self._send(h.wid, ("route", dst, route))
+
+    # --- control socket ----------------------------------------------------------------------------------------
+    def _handlers(self) -> dict:
+        return {"sas": self._cmd_sas, "policies": self._cmd_policies, "stats": self._cmd_stats,
+                "status": self._cmd_status}
+
+    def _query_workers(self) -> dict[int, dict]:
+        futs = {}
+        for h in self.workers:
+            req = next(self._req)
+            fut = Future()
+            self.futures[req] = fut
+            futs[h.wid] = fut
+            self._send(h.wid, ("query", req))
+        out = {}
+        deadline = time.monotonic() + QUERY_TIMEOUT
+        for wid, fut in futs.items():
+            try:
+                out[wid] = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                out[wid] = None
+        return out
+
+    def _cmd_sas(self, _args: dict) -> list[dict]:
+        snaps = self._query_workers()
+        rows = []
+        for sa in sorted(self.sas.values(), key=lambda s: s.index):
+            p = sa.params
+            live = ((snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
+            row = {"index": sa.index, "name": p.name or sa.child, "direction": p.direction.value,
+                   "protocol": p.protocol.name.lower(), "mode": p.mode.value, "spi": f"0x{p.spi:08x}",
+                   "local": str(p.local), "remote": str(p.remote),
+                   "encap": f"{p.encap.sport}->{p.encap.dport}" if p.encap else None,
+                   "transform": format_transform(p.transform), "worker": sa.owner,
+                   "packets": live.get("packets", 0), "bytes": live.get("bytes", 0),
+                   "drops": live.get("drops", {})}
+            if p.direction == Direction.OUT:
+                row["seq"] = live.get("seq", 0)
+            else:
+                row["replay_window"] = p.replay_window
+            rows.append(row)
+        return rows
+
+    def _cmd_policies(self, _args: dict) -> list[dict]:
+        hits = self.classifier.policy_hits()
+        rows = []
+        for pol in self.policies:
+            def ports(r):
+                return "any" if r.is_any else (str(r.lo) if r.lo == r.hi else f"{r.lo}-{r.hi}")
+            rows.append({"id": pol.id, "name": pol.name, "direction": pol.direction.name.lower(),
+                         "action": pol.action.name.lower(), "priority": pol.priority, "src": str(pol.src),
+                         "dst": str(pol.dst), "proto": pol.proto or "any", "sports": ports(pol.sports),
+                         "dports": ports(pol.dports),
+                         "sa": self.child_out.get(pol.child) if pol.direction == PolicyDir.OUT else None,
+                         "hits": hits.get(pol.id, 0)})
+        return rows
+
+    def _cmd_stats(self, _args: dict) -> dict:
+        snaps = self._query_workers()
+        workers = []
+        for h in self.workers:
+            snap = snaps.get(h.wid) or {}
+            workers.append({"id": h.wid, "pid": h.proc.pid, "alive": h.proc.is_alive(), "restarts": h.restarts,
+                            "rx": snap.get("rx", 0), "tx": snap.get("tx", 0),
+                            "handoff_in": snap.get("handoff_in", 0), "handoff_out": snap.get("handoff_out", 0),
+                            "drops": snap.get("drops", {}), "sockets": snap.get("sockets", {})})
+        return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()}}
+
+    def _cmd_status(self, _args: dict) -> dict:
+        return {"instance": self.instance, "uptime": round(time.time() - self.started, 1),
+                "interfaces": [{"name": p.name, "xdp_mode": self.cfg.gateway.xdp_mode,
+                                "queues": self.ifaces[s].rx_queues} for s, p in self.ports.items()],
+                "workers": self.nworkers, "sas": len(self.sas), "policies": len(self.policies)}
+
+    # --- shutdown --------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping.set()
+        cl = self.classifier
+        if cl is not None:
+            for name in self.attached:  # first: no frame is steered to a socket that is going away
+                try:
+                    cl.detach(name)
+                except Exception as exc:
+                    log.warning("detaching XDP from %s: %s", name, exc)
+            self.attached.clear()
+        for h in self.workers:
+            self._send(h.wid, ("stop",))
+        deadline = time.monotonic() + 3.0
+        for h in self.workers:
+            h.proc.join(max(0.0, deadline - time.monotonic()))
+            if h.proc.is_alive():
+                h.proc.kill()
+                h.proc.join(1.0)
+        if self.control is not None:
+            self.control.stop()
+        if cl is not None:
+            cl.close()
+        if self.localpath is not None:
+            self.localpath.down()
+        if self.netlink is not None:
+            self.netlink.close()
+        if self.seqstore is not None:
+            self.seqstore.close()
+        log.info("gateway %s stopped", self.instance)
+
+
+def run_main(args) -> int:
+    """`xdpsec run -c FILE`: the gateway in the current network namespace, in the foreground."""
+    logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    gw = Gateway(cfg)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        gw.start()
+        done.wait()
+    except ControlError as exc:
+        print(f"xdpsec: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gw.stop()
+    return 0

@@ -1,0 +1,188 @@
+"""Gateway configurations for the namespace lab (xdpsec/lab.py), used by the quick start, the tests and the
+benchmarks.
+
+Manually keyed SAs (RFC 4301 §4.5) with fresh random keys per call: the two gateways of a pair get mirror-image
+configurations (gwA's outbound SPI and key are gwB's inbound ones). Files are written 0600: they hold keys.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from xdpsec.proposals import parse_ah, parse_esp
+from xdpsec.sa import Protocol
+
+
+@dataclass
+class Side:
+    instance: str
+    interfaces: list[str]
+    local_addr: str
+    remote_addr: str
+    local_ts: list[str]
+    remote_ts: list[str]
+    extra: str = ""  # raw TOML appended to this side's file (more children, pass/drop shunts)
+
+
+@dataclass
+class PairSpec:
+    mode: str = "tunnel"  # tunnel | transport
+    proposal: str = "aes128gcm16"
+    protocol: Protocol = Protocol.ESP
+    encap: bool = False
+    workers: int = 2
+    replay_window: int = 1024
+
+
+def _keys(proposal: str, protocol: Protocol) -> tuple[str, str]:
+    t = parse_ah(proposal) if protocol == Protocol.AH else parse_esp(proposal)
+    return secrets.token_hex(t.enc_key_len), secrets.token_hex(t.integ_key_len)
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: tuple[str, str],
+           in_keys: tuple[str, str], state_dir: str) -> str:
+    proposals = "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
+    lines = [
+        f'instance = "{side.instance}"',
+        "",
+        "[gateway]",
+        f"interfaces = {_toml_list(side.interfaces)}",
+        f"workers = {spec.workers}",
+        f'state_dir = "{state_dir}"',
+        "",
+        "[connections.lab]",
+        f'local_addrs = ["{side.local_addr}"]',
+        f'remote_addrs = ["{side.remote_addr}"]',
+    ]
+    if spec.encap:
+        lines.append("encap = true")
+    lines += [
+        "",
+        "[connections.lab.children.net]",
+        f"local_ts = {_toml_list(side.local_ts)}",
+        f"remote_ts = {_toml_list(side.remote_ts)}",
+        f'mode = "{spec.mode}"',
+        f'{proposals} = ["{spec.proposal}"]',
+        f"replay_window = {spec.replay_window}",
+        "",
+        "[connections.lab.children.net.manual]",
+        f"in_spi = {in_spi:#x}",
+        f"out_spi = {out_spi:#x}",
+    ]
+    if in_keys[0]:
+        lines += [f'in_enc_key = "{in_keys[0]}"', f'out_enc_key = "{out_keys[0]}"']
+    if in_keys[1]:
+        lines += [f'in_integ_key = "{in_keys[1]}"', f'out_integ_key = "{out_keys[1]}"']
+    if side.extra:
+        lines += ["", side.extra]
+    return "\n".join(lines) + "\n"
+
+
+def write_pair(directory: Path, a: Side, b: Side, spec: PairSpec) -> tuple[Path, Path]:
+    """Write matching configurations for gateways `a` and `b`; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spi_ab, spi_ba = 0x1000 + secrets.randbelow(0xFFFF), 0x20000 + secrets.randbelow(0xFFFF)
+    keys_ab, keys_ba = _keys(spec.proposal, spec.protocol), _keys(spec.proposal, spec.protocol)
+    paths = []
+    for side, out_spi, in_spi, out_k, in_k in ((a, spi_ab, spi_ba, keys_ab, keys_ba),
+                                                 (b, spi_ba, spi_ab, keys_ba, keys_ab)):
+        path = directory / f"{side.instance}.toml"
+        text = render(side, spec, out_spi=out_spi, in_spi=in_spi, out_keys=out_k, in_keys=in_k,
+                      state_dir=str(directory / "state"))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# --- running gateways in the lab ----------------------------------------------------------------------------
+
+def site_sides(lab, *, inner: tuple[str, ...] = ("v4", "v6"), workers: int = 2) -> tuple[Side, Side]:
+    """gwA and gwB of the site-to-site lab protecting hostA's and hostB's networks, tunnel mode."""
+    a, b = lab.addr["gwA"], lab.addr["gwB"]
+    tag = lab.run_name
+    side_a = Side(f"{tag}-gwA", ["lan0", "wan0"], a["wan_v4"], b["wan_v4"],
+                  [a[f"lan_net_{f}"] for f in inner], [b[f"lan_net_{f}"] for f in inner])
+    side_b = Side(f"{tag}-gwB", ["lan0", "wan0"], b["wan_v4"], a["wan_v4"],
+                  [b[f"lan_net_{f}"] for f in inner], [a[f"lan_net_{f}"] for f in inner])
+    return side_a, side_b
+
+
+def host_sides(lab, *, family: str = "v4") -> tuple[Side, Side]:
+    """hostC and hostD of the host-to-host lab protecting their own traffic, transport mode."""
+    c, d = lab.addr["hostC"], lab.addr["hostD"]
+    tag = lab.run_name
+    return (Side(f"{tag}-hostC", [c["if"]], c[family], d[family], [c[family]], [d[family]]),
+            Side(f"{tag}-hostD", [d["if"]], d[family], c[family], [d[family]], [c[family]]))
+
+
+class Gateways:
+    """xdpsec gateways running in lab namespaces: started, waited for, queried and stopped together."""
+
+    def __init__(self, lab) -> None:
+        self.lab = lab
+        self.procs: dict[str, object] = {}
+        self.instances: dict[str, str] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, node: str, config: Path, instance: str, *, log_level: str = "info") -> None:
+        import subprocess
+        import sys
+        log = config.with_suffix(".log")
+        fh = open(log, "w")  # noqa: SIM115 - owned by the process for its lifetime
+        self.procs[node] = self.lab.popen(node, sys.executable, "-m", "xdpsec", "run", "-c", str(config),
+                                          "--log-level", log_level, stdout=fh, stderr=subprocess.STDOUT)
+        self.instances[node] = instance
+        self.logs[node] = log
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import time
+
+        from xdpsec.control import ControlError, request, socket_path
+        deadline = time.monotonic() + timeout
+        for node, instance in self.instances.items():
+            while True:
+                proc = self.procs[node]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{node}: xdpsec exited with {proc.returncode}:\n{self.log(node)}")
+                try:
+                    request(socket_path(instance), "status", timeout=2.0)
+                    break
+                except ControlError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{node}: xdpsec not ready after {timeout}s:\n{self.log(node)}") from None
+                    time.sleep(0.2)
+
+    def query(self, node: str, cmd: str):
+        from xdpsec.control import request, socket_path
+        return request(socket_path(self.instances[node]), cmd, timeout=10.0)
+
+    def log(self, node: str) -> str:
+        try:
+            return self.logs[node].read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, node: str | None = None, timeout: float = 15.0) -> dict[str, int]:
+        """SIGTERM the gateways (all, or one) and wait: returns their exit codes."""
+        import signal
+        codes = {}
+        for n in [node] if node else list(self.procs):
+            proc = self.procs.pop(n)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except Exception:
+                    proc.kill()
+                    proc.wait(5)
+            codes[n] = proc.returncode
+        return codes

@@ -1,0 +1,291 @@
+"""A worker process: AF_XDP rings on one side, the packet core on the other.
+
+Each worker owns one UMEM and one AF_XDP socket per (interface, rx queue) it serves — queue q belongs to worker
+q % N — plus the SAs the coordinator gave it. The loop is:
+
+    receive a batch from every socket ─► read the classifier's metadata in front of each frame
+        ├─ SA owned by another worker ─► copy into the handoff ring to that worker (bounded; full = counted drop)
+        └─ ours ─► PacketCore.process() ─► frames to send, grouped by egress port
+    drain the handoff rings from other workers the same way
+    transmit each port's batch with one kick; reap completions; refill fill rings
+    every few rounds (or when idle): coordinator commands; next-hop requests up to the coordinator
+
+Nothing here raises on network input: the core turns bad packets into counted drops, and an unexpected
+exception from one frame is counted as `bad_meta`, logged once per kind, and the loop goes on.
+
+The coordinator creates the sockets, rings and the sequence store, fills the XSKMAP and then forks the worker,
+which inherits them; when a worker dies its sockets close, the kernel empties their XSKMAP slots (packets for
+them become `no_socket` drops in XDP) and the coordinator starts a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from xdpsec.abi import XS_META_MAGIC, DropReason, drop_name
+from xdpsec.dataplane.core import PacketCore, Port
+from xdpsec.io.ring import HandoffRing
+from xdpsec.io.seqstore import RESERVE_BLOCK, SeqStore
+from xdpsec.io.xsk import Umem, XskSocket
+
+log = logging.getLogger("xdpsec.worker")
+
+BATCH = 64
+TX_OFFSET = 256  # where a frame we build starts inside its 2048-byte UMEM frame (room for the metadata area)
+#: Handoff tag: kind, SA index, L3 offset, ingress port slot.
+TAG = struct.Struct("<HIHh")
+COMMAND_EVERY = 16  # rounds between looks at the command pipe while busy
+IDLE_ROUNDS = 8  # empty rounds before sleeping in poll()
+IDLE_WAIT_MS = 1  # handoff rings have no fd to wake us: sleep briefly, not forever
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker inherits from the coordinator at fork."""
+
+    wid: int
+    ports: dict[int, Port]
+    umem: Umem
+    sockets: list[tuple[int, XskSocket]]  # (port slot, socket) for every queue this worker serves
+    handoff_in: list[HandoffRing]
+    handoff_out: dict[int, HandoffRing]  # owner worker -> ring
+    seqstore: SeqStore
+    fill_per_socket: int = 1024
+    extra: dict = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, conn) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.core = PacketCore(spec.wid, spec.ports)
+        self.core.on_inbound_seq = self._saw
+        self.umem = spec.umem
+        self.buf = spec.umem.buf
+        self.tx_sock: dict[int, XskSocket] = {}
+        for slot, sock in spec.sockets:
+            self.tx_sock.setdefault(slot, sock)
+        self.seq_slot: dict[int, int] = {}  # SA index -> sequence store record
+        self.handoff_in_count = 0
+        self.handoff_out_count = 0
+        self.stop = False
+        self._logged: set[str] = set()
+        self._pending: dict[int, list[tuple[int, int]]] = defaultdict(list)
+
+    # --- sequence numbers ------------------------------------------------------------------------------------
+    def _reserve_for(self, index: int):
+        def reserve(sa) -> int:
+            upto = sa.seq + RESERVE_BLOCK
+            self.spec.seqstore.reserve(self.seq_slot[index], upto)
+            return upto
+        return reserve
+
+    def _saw(self, index: int, seq: int) -> None:
+        slot = self.seq_slot.get(index)
+        if slot is not None:
+            self.spec.seqstore.saw(slot, seq)
+
+    # --- commands from the coordinator ---------------------------------------------------------------------
+    def handle(self, msg: tuple) -> None:
+        op = msg[0]
+        if op == "add_out":
+            _, index, params, slot = msg
+            self.seq_slot[index] = slot
+            next_seq = self.spec.seqstore.reserved(slot) + 1
+            self.core.add_outbound(index, params, next_seq=next_seq, reserve=self._reserve_for(index))
+        elif op == "add_in":
+            _, index, params, slot = msg
+            self.seq_slot[index] = slot
+            self.core.add_inbound(index, params, highest_seq=self.spec.seqstore.highest_seen(slot))
+        elif op == "del":
+            self.core.remove(msg[1])
+            self.seq_slot.pop(msg[1], None)
+        elif op == "route":
+            self.core.set_route(msg[1], msg[2])
+        elif op == "unresolved":
+            self.core.unresolved(msg[1])
+        elif op == "forget_routes":
+            self.core.forget_routes()
+        elif op == "query":
+            self.conn.send(("reply", msg[1], self.snapshot()))
+        elif op == "stop":
+            self.stop = True
+
+    def snapshot(self) -> dict:
+        core = self.core
+        sas = {}
+        for index, st in core.sa_stats.items():
+            sa = core.out.get(index)
+            entry = {"packets": st.packets, "bytes": st.bytes,
+                     "drops": {drop_name(r): n for r, n in (st.drops or {}).items()}}
+            if sa is not None:
+                entry["seq"] = sa.seq
+            sas[index] = entry
+        socks = {}
+        for slot, sock in self.spec.sockets:
+            try:
+                socks[f"{self.spec.ports[slot].name}/q{sock.queue}"] = sock.stats()
+            except OSError:
+                pass
+        return {"id": self.spec.wid, "pid": os.getpid(), "rx": core.rx, "tx": core.tx,
+                "handoff_in": self.handoff_in_count, "handoff_out": self.handoff_out_count,
+                "icmp_sent": core.icmp_sent, "dummies": core.dummies,
+                "drops": {drop_name(r): n for r, n in core.drops.items()}, "sas": sas, "sockets": socks}
+
+    def _commands(self) -> None:
+        while self.conn.poll(0):
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self.stop = True  # the coordinator is gone: fail closed
+                return
+            self.handle(msg)
+        for slot, data in self.core.take_ready():
+            self._queue_tx(slot, data)
+        requests = self.core.take_requests()
+        if requests:
+            self.conn.send(("resolve", requests))
+
+    # --- packets ---------------------------------------------------------------------------------------------
+    def _unexpected(self, exc: BaseException) -> None:
+        self.core.count_drop(DropReason.BAD_META)
+        key = type(exc).__name__
+        if key not in self._logged:
+            self._logged.add(key)
+            log.exception("worker %d: unexpected %s while processing a frame (counted as bad_meta)",
+                          self.spec.wid, key)
+
+    def _process(self, slot: int, frame, kind: int, sa_index: int, l3_off: int) -> None:
+        try:
+            outputs = self.core.process(slot, frame, kind, sa_index, l3_off)
+        except Exception as exc:  # a bug, not a packet problem: keep forwarding
+            self._unexpected(exc)
+            return
+        for eslot, data in outputs:
+            self._queue_tx(eslot, data)
+
+    def _queue_tx(self, slot: int, data: bytes) -> None:
+        if slot not in self.tx_sock:
+            self.core.count_drop(DropReason.NO_ROUTE)
+            return
+        addr = self.umem.alloc()
+        if addr is None:
+            self.core.count_drop(DropReason.NO_FRAME)
+            return
+        n = len(data)
+        if n > self.umem.frame_size - TX_OFFSET:
+            self.umem.free(addr)
+            self.core.count_drop(DropReason.TOO_BIG)
+            return
+        start = addr + TX_OFFSET
+        self.buf[start:start + n] = data
+        self._pending[slot].append((start, n))
+
+    def _rx(self, slot: int, descs: list[tuple[int, int]]) -> None:
+        buf = self.buf
+        wid = self.spec.wid
+        for addr, length in descs:
+            magic, sa_index, kind, owner, l3_off = read_meta(buf, addr)
+            if magic != XS_META_MAGIC:
+                self.core.count_drop(DropReason.BAD_META)
+            elif owner != wid:
+                ring = self.spec.handoff_out.get(owner)
+                if ring is not None and ring.push(TAG.pack(kind, sa_index, l3_off, slot), buf[addr:addr + length]):
+                    self.handoff_out_count += 1
+                else:
+                    self.core.count_drop(DropReason.HANDOFF_FULL)
+            else:
+                self._process(slot, buf[addr:addr + length], kind, sa_index, l3_off)
+            self.umem.free(addr)
+
+    def _drain_handoff(self) -> int:
+        n = 0
+        for ring in self.spec.handoff_in:
+            items = ring.pop(BATCH)
+            if not items:
+                continue
+            for tag, data in items:
+                kind, sa_index, l3_off, slot = TAG.unpack(tag[:TAG.size])
+                self._process(slot, data, kind, sa_index, l3_off)
+            ring.release(len(items))
+            n += len(items)
+        self.handoff_in_count += n
+        return n
+
+    def _flush(self) -> None:
+        for slot, descs in self._pending.items():
+            if not descs:
+                continue
+            sock = self.tx_sock[slot]
+            sent = sock.send(descs)
+            for addr, _ in descs[sent:]:
+                self.umem.free(addr)
+                self.core.count_drop(DropReason.TX_FULL)
+            descs.clear()
+        for _slot, sock in self.spec.sockets:
+            sock.complete()
+            sock.fill()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+        for _slot, sock in self.spec.sockets:
+            sock.fill(self.spec.fill_per_socket)
+        poller = select.poll()
+        for _slot, sock in self.spec.sockets:
+            poller.register(sock.fd, select.POLLIN)
+        poller.register(self.conn.fileno(), select.POLLIN)
+        idle = 0
+        rounds = 0
+        while not self.stop:
+            n = 0
+            for slot, sock in self.spec.sockets:
+                descs = sock.recv(BATCH)
+                if descs:
+                    n += len(descs)
+                    self._rx(slot, descs)
+            n += self._drain_handoff()
+            self._flush()
+            rounds += 1
+            if n:
+                idle = 0
+                if rounds % COMMAND_EVERY == 0:
+                    self._commands()
+                continue
+            idle += 1
+            self._commands()
+            if idle >= IDLE_ROUNDS:
+                poller.poll(IDLE_WAIT_MS if self.spec.handoff_in else 100)
+
+
+#: struct xs_meta (bpf/include/xdpsec_abi.h) as struct.unpack_from reads it: a few times faster per frame than
+#: the ctypes mirror, and tests/unit/test_worker_meta.py checks the two agree field by field.
+META = struct.Struct("<IIIHHHHBB2x")
+META_FIELDS = ("magic", "sa_index", "policy_id", "owner", "ifslot", "l3_off", "l4_off", "kind", "ip_version")
+
+
+def read_meta(buf, addr: int) -> tuple[int, int, int, int, int]:
+    """(magic, sa_index, kind, owner, l3_off) from the classifier's metadata just before `addr`."""
+    magic, sa_index, _policy, owner, _slot, l3_off, _l4, kind, _ver = META.unpack_from(buf, addr - META.size)
+    return magic, sa_index, kind, owner, l3_off
+
+
+def worker_main(spec: WorkerSpec, conn, log_level: int = logging.INFO) -> None:
+    """Entry point of the forked worker process."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s worker{spec.wid} %(levelname)s %(message)s")
+    try:
+        os.sched_setaffinity(0, {spec.wid % os.cpu_count()})
+    except OSError:
+        pass
+    w = Worker(spec, conn)
+    try:
+        w.run()
+    finally:
+        for _slot, sock in spec.sockets:
+            sock.close()
