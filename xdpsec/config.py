@@ -1,0 +1,892 @@
+"""The gateway configuration: TOML in swanctl.conf's vocabulary -> a validated, immutable `Config`.
+
+Network engineers know strongSwan's swanctl.conf, so the file uses its concepts and names (connections,
+children, local_ts/remote_ts, esp_proposals, pass/drop shunts); manual keying replaces IKE for now, in a
+`manual` table per child that reads like `ip xfrm state add`. Every problem in a file is reported at once as
+`FILE:LINE: key: what is wrong (and what would be right)`; `xdpsec check` prints them and exits 2.
+
+tomllib gives values without positions, so `_Locator` scans the raw text once for table headers, dotted
+keys and `key =` lines and maps each key path to its line; a key that is missing points at its table.
+
+Schema (every key; the defaults are what an absent key means)::
+
+    instance = "default"           # names the control socket /run/xdpsec/<instance>.sock and the BPF pins
+    [gateway]
+    interfaces = ["lan0", "wan0"]  # required: the interfaces XDP attaches to; unique, at most 15 characters
+    workers = <cpus>               # worker processes, 1..64 (default: the number of CPUs)
+    xdp_mode = "native"            # native | generic (skb mode)
+    state_dir = "/var/lib/xdpsec"  # absolute; where outbound sequence-number reservations persist
+    default_action = "bypass"      # bypass | discard: what happens to traffic no policy matches
+    encap_port = 4500              # UDP port of ESP-in-UDP (RFC 3948), the default of local/remote_port
+
+    [connections.<name>]           # as swanctl connections.<name>; <name> has no '/'
+    local_addrs = ["192.0.2.1"]    # outer addresses; manual keying needs exactly one on each side,
+    remote_addrs = ["192.0.2.2"]   #   of one family (needed only if a child is tunnel/transport)
+    encap = false                  # force RFC 3948 UDP encapsulation (ESP only)
+    local_port = 4500              # UDP ports with encap = true (default: gateway.encap_port)
+    remote_port = 4500
+
+    [connections.<name>.children.<child>]
+    mode = "tunnel"                # tunnel | transport | pass | drop (pass/drop: swanctl shunts, BYPASS/DISCARD)
+    local_ts = ["198.51.100.0/25"] # traffic selectors "net[proto/port]": "10.0.0.0/8[tcp/80]", "[udp/1000-2000]",
+    remote_ts = ["..."]            #   "[icmp/8]" (ICMP type as port); a bare address is a /32 or /128.
+                                   #   Required for tunnel/pass/drop; transport defaults to the outer addresses.
+    esp_proposals = ["aes128gcm16"]  # exactly one proposal for manual keying (see xdpsec.proposals), or
+    ah_proposals = ["sha256"]      #   AH instead of ESP (not both, and not with encap)
+    priority = 0                   # 0 = automatic (strongSwan's: more specific first, pass shunts first);
+                                   #   otherwise used as is, lower wins
+    replay_window = 1024           # packets, 0..65536; 0 disables anti-replay (a warning)
+
+    [connections.<name>.children.<child>.manual]   # manual keying (RFC 4301 §4.5); IKE will fill the same
+    in_spi = 0x1001                # integer or "0x..." string, 0x100..0xffffffff, unique per direction
+    out_spi = 0x2001
+    in_enc_key = "hex"             # hex, ':' separators and a 0x prefix allowed; AEAD keys end with the
+    out_enc_key = "hex"            #   4-byte salt (RFC 4106 §8.1, RFC 7634 §2)
+    in_integ_key = "hex"           # only for non-AEAD ESP and AH
+    out_integ_key = "hex"
+
+Derived: per tunnel/transport child an OUT PROTECT policy for every local_ts x remote_ts pair of one family
+(protocol and ports narrowed to their intersection) and the reverse IN PROTECT policy, which drops cleartext
+that should have been protected (RFC 4301 §5.2); pass/drop give BYPASS/DISCARD in both directions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import enum
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from xdpsec import proposals
+from xdpsec.abi import Action, PolicyDir
+from xdpsec.sa import (
+    AEAD_SALT_LEN,
+    ANY_PORT,
+    Direction,
+    Encr,
+    IPAddress,
+    Mode,
+    PortRange,
+    Protocol,
+    SAParams,
+    TrafficSelector,
+    Transform,
+    UdpEncap,
+)
+from xdpsec.spd import Policy, auto_priority, covers, ordered
+
+KeyPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or worth a warning) in a configuration file."""
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration has errors; `problems` lists all of them, `warnings` what else was noticed."""
+
+    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None):
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+        self.warnings = warnings or []
+
+
+class XdpMode(enum.Enum):
+    NATIVE = "native"  # driver mode: the fast path
+    GENERIC = "generic"  # skb mode: works everywhere, slower
+
+
+class ChildMode(enum.Enum):
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+    PASS = "pass"  # swanctl shunt: BYPASS both ways
+    DROP = "drop"  # swanctl shunt: DISCARD both ways
+
+
+_SHUNT_ACTION = {ChildMode.PASS: Action.BYPASS, ChildMode.DROP: Action.DISCARD}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    interfaces: tuple[str, ...]
+    workers: int
+    xdp_mode: XdpMode = XdpMode.NATIVE
+    state_dir: Path = Path("/var/lib/xdpsec")
+    default_action: Action = Action.BYPASS
+    encap_port: int = 4500
+
+
+@dataclass(frozen=True)
+class ManualKeys:
+    """SPIs and keys of a manually keyed child (RFC 4301 §4.5): 'in' is what we receive, 'out' what we send."""
+
+    in_spi: int
+    out_spi: int
+    in_enc_key: bytes = field(default=b"", repr=False)
+    out_enc_key: bytes = field(default=b"", repr=False)
+    in_integ_key: bytes = field(default=b"", repr=False)
+    out_integ_key: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A swanctl CHILD_SA configuration: what traffic, how protected, keyed how."""
+
+    name: str
+    mode: ChildMode
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    protocol: Protocol | None = None  # None for pass/drop
+    transform: Transform | None = None
+    priority: int = 0  # 0 = automatic
+    replay_window: int = 1024
+    manual: ManualKeys | None = None  # None once IKE negotiates the keys
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    local_addrs: tuple[IPAddress, ...]
+    remote_addrs: tuple[IPAddress, ...]
+    encap: UdpEncap | None  # outbound ports (sport = ours) when RFC 3948 encapsulation is forced
+    children: tuple[Child, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    instance: str
+    gateway: GatewayConfig
+    connections: tuple[Connection, ...]
+    warnings: tuple[Problem, ...] = ()
+
+    def manual_sas(self) -> list[tuple[str, SAParams, SAParams]]:
+        """("conn/child", outbound SA, inbound SA) for every manually keyed child, in configuration order."""
+        return [(f"{conn.name}/{child.name}", *_sa_pair(conn, child))
+                for conn in self.connections for child in conn.children if child.manual is not None]
+
+    def policies(self) -> list[Policy]:
+        """The whole SPD in priority order (stable), numbered 1..n."""
+        return ordered(p for conn in self.connections for child in conn.children
+                       for p in _child_policies(conn, child))
+
+    def local_addresses(self) -> set[IPAddress]:
+        return {addr for conn in self.connections for addr in conn.local_addrs}
+
+
+# --- derived SAs and policies -------------------------------------------------------------------------------
+
+def _sa_pair(conn: Connection, child: Child) -> tuple[SAParams, SAParams]:
+    keys, name = child.manual, f"{conn.name}/{child.name}"
+    assert keys is not None and child.protocol is not None and child.transform is not None
+    common = dict(protocol=child.protocol, mode=Mode(child.mode.value), transform=child.transform,
+                  local=conn.local_addrs[0], remote=conn.remote_addrs[0], replay_window=child.replay_window,
+                  local_ts=child.local_ts, remote_ts=child.remote_ts, name=name)
+    # Encapsulation ports as they appear in each SA's packets: ours are the source of what we send.
+    in_encap = UdpEncap(sport=conn.encap.dport, dport=conn.encap.sport) if conn.encap else None
+    out = SAParams(spi=keys.out_spi, direction=Direction.OUT, enc_key=keys.out_enc_key,
+                   integ_key=keys.out_integ_key, encap=conn.encap, **common)  # type: ignore[arg-type]
+    inb = SAParams(spi=keys.in_spi, direction=Direction.IN, enc_key=keys.in_enc_key,
+                   integ_key=keys.in_integ_key, encap=in_encap, **common)  # type: ignore[arg-type]
+    return out, inb
+
+
+_ICMP = (1, 58)
+
+
+def _intersect(a: PortRange, b: PortRange) -> PortRange | None:
+    lo, hi = max(a.lo, b.lo), min(a.hi, b.hi)
+    return PortRange(lo, hi) if lo <= hi else None
+
+
+def _selector_pairs(srcs, dsts) -> Iterator[tuple[Any, Any, int, PortRange, PortRange]]:
+    """(src net, dst net, proto, sports, dports) of every same-family pair whose protocols intersect."""
+    for s in srcs:
+        for d in dsts:
+            if s.net.version != d.net.version or (s.proto and d.proto and s.proto != d.proto):
+                continue
+            proto = s.proto or d.proto
+            if proto in _ICMP:
+                # The ICMP type is the one "port" and sits in the source-port slot of the flow (as in XFRM).
+                types = _intersect(s.ports, d.ports)
+                if types is not None:
+                    yield s.net, d.net, proto, types, ANY_PORT
+            else:
+                yield s.net, d.net, proto, s.ports, d.ports
+
+
+def _child_policies(conn: Connection, child: Child) -> list[Policy]:
+    name = f"{conn.name}/{child.name}"
+    action = _SHUNT_ACTION.get(child.mode, Action.PROTECT)
+    out = []
+    for direction, srcs, dsts in ((PolicyDir.OUT, child.local_ts, child.remote_ts),
+                                  (PolicyDir.IN, child.remote_ts, child.local_ts)):
+        for src, dst, proto, sports, dports in _selector_pairs(srcs, dsts):
+            policy = Policy(id=0, name=name, direction=direction, action=action, priority=child.priority,
+                            src=src, dst=dst, proto=proto, sports=sports, dports=dports,
+                            child=name if action == Action.PROTECT else None)
+            if not child.priority:
+                policy = replace(policy, priority=auto_priority(policy))
+            out.append(policy)
+    return out
+
+
+# --- traffic selectors ----------------------------------------------------------------------------------------
+
+_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132, "udplite": 136,
+              "gre": 47, "esp": 50, "ah": 51}
+_PORTED = {6, 17, 132, 136, 1, 58}
+_TS_RE = re.compile(r"^(?P<net>[^\[\]\s]*)(?:\[(?P<proto>[^/\]]*)(?:/(?P<port>[^\]]*))?\])?$")
+
+
+def _parse_net(text: str):
+    if "-" in text:
+        raise ValueError(f"address ranges ({text!r}) are not supported; write a prefix")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"not an address or prefix: {text!r}") from None
+        raise ValueError(f"{text!r} has host bits set; did you mean {loose}?") from None
+
+
+def _parse_proto(text: str) -> int:
+    if text.isdigit() and int(text) <= 255:
+        return int(text)
+    if text.lower() in _PROTOCOLS:
+        return _PROTOCOLS[text.lower()]
+    if text in ("", "%any", "any"):
+        return 0
+    raise ValueError(f"unknown protocol {text!r}; use a number 0..255 or one of {', '.join(_PROTOCOLS)}")
+
+
+def _parse_ports(text: str, proto: int) -> PortRange:
+    if text in ("", "%any", "any"):
+        return ANY_PORT
+    if proto not in _PORTED:
+        raise ValueError("a port needs a protocol with ports (tcp, udp, sctp, udplite) or icmp/icmpv6 types")
+    top = 255 if proto in _ICMP else 65535
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (-1, -1)
+    if not (0 <= lo <= hi <= top):
+        kind = "ICMP type" if proto in _ICMP else "port"
+        raise ValueError(f"bad {kind} {text!r}: a number or a range lo-hi within 0..{top}")
+    return PortRange(lo, hi)
+
+
+def parse_ts(text: str) -> TrafficSelector:
+    """A strongSwan traffic selector: ``net[proto/port]``; see the module docstring. Raises ValueError."""
+    m = _TS_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"bad traffic selector {text!r}; write net[proto/port], e.g. 10.0.0.0/8[tcp/80]")
+    if not m["net"]:
+        raise ValueError(f"traffic selector {text!r} has no address; write e.g. 0.0.0.0/0{text.strip()}")
+    if m["net"] == "dynamic":
+        raise ValueError("'dynamic' needs IKE; write the address")
+    net = _parse_net(m["net"])
+    proto = _parse_proto(m["proto"] or "")
+    if proto in _ICMP and proto != (1 if net.version == 4 else 58):
+        raise ValueError(f"protocol {proto} does not go with IPv{net.version}; "
+                         f"use {'icmp' if net.version == 4 else 'icmpv6'}")
+    return TrafficSelector(net=net, proto=proto, ports=_parse_ports(m["port"] or "", proto))
+
+
+# --- locating keys in the text ---------------------------------------------------------------------------------
+
+_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_ARRAY_RE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]")
+_TABLE_RE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
+_KEYVAL_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+
+
+def _split_key(dotted: str) -> KeyPath:
+    parts = re.findall(_KEY, dotted)
+    return tuple(json.loads(p) if p.startswith('"') else p.strip("'") for p in parts)
+
+
+class _Locator:
+    """Key path -> line number, from a scan of the raw TOML text (as people write it, not every corner)."""
+
+    def __init__(self, text: str):
+        self.explicit: dict[KeyPath, int] = {}  # tables with a header, keys with a `key =` line
+        self.implicit: dict[KeyPath, int] = {}  # parents created by a dotted key or header
+        arrays: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        in_string = False
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            quotes = line.count('"""') + line.count("'''")
+            if in_string:
+                in_string = quotes % 2 == 0  # a multi-line string ends on this line if it has an odd count
+                continue
+            in_string = quotes % 2 == 1
+            if m := _ARRAY_RE.match(line):
+                path = _split_key(m.group(1))
+                arrays[path] = arrays.get(path, -1) + 1
+                table = (*path, str(arrays[path]))
+                self._define(table, lineno)
+            elif m := _TABLE_RE.match(line):
+                table = _split_key(m.group(1))
+                self._define(table, lineno)
+            elif m := _KEYVAL_RE.match(line):
+                self._define((*table, *_split_key(m.group(1))), lineno)
+
+    def _define(self, path: KeyPath, lineno: int) -> None:
+        self.explicit.setdefault(path, lineno)
+        for i in range(1, len(path)):
+            self.implicit.setdefault(path[:i], lineno)
+
+    def line(self, path: KeyPath) -> int:
+        """The line defining `path`, else that of its nearest defined parent, else 1."""
+        for i in range(len(path), 0, -1):
+            for known in (self.explicit, self.implicit):
+                if path[:i] in known:
+                    return known[path[:i]]
+        return 1
+
+
+# --- reading values with their problems -----------------------------------------------------------------------
+
+_REQUIRED = object()
+_TOML_TYPES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"}
+
+
+def _type_name(value: Any) -> str:
+    return next((name for t, name in _TOML_TYPES.items() if isinstance(value, t)), "date/time")
+
+
+class _Checker:
+    """Collects problems and warnings with their file positions while the config is read."""
+
+    def __init__(self, file: str, locator: _Locator):
+        self.file, self.locator = file, locator
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        return Problem(self.file, self.locator.line(path), ".".join(path), message)
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.problems.append(self.problem(path, message))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        self.warnings.append(self.problem(path, message))
+
+    def unknown_keys(self, table: dict, path: KeyPath, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(allowed)}"
+                self.error((*path, key), f"unknown key; {hint}")
+
+    def get(self, table: dict, path: KeyPath, key: str, kind: type, default: Any = _REQUIRED) -> Any:
+        """table[key] if it has TOML type `kind`; else record a problem and return None (or the default)."""
+        if key not in table:
+            if default is _REQUIRED:
+                self.error((*path, key), "missing (required)")
+                return None
+            return default
+        value = table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error((*path, key), f"expected {'an' if _TOML_TYPES[kind][0] in 'ai' else 'a'} "
+                                     f"{_TOML_TYPES[kind]}, got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+    def table(self, value: Any, path: KeyPath) -> bool:
+        """Is `value` (found at `path`) a table? Records a problem if not."""
+        if not isinstance(value, dict):
+            self.error(path, f"expected a table, got {_type_name(value)} {value!r}")
+            return False
+        return True
+
+    def strings(self, table: dict, path: KeyPath, key: str, default: Any = _REQUIRED) -> list[str] | None:
+        """An array of strings; a string is split at commas, as swanctl does ("aes128gcm16,aes256gcm16")."""
+        if key not in table:
+            return self.get(table, path, key, list, default)
+        value = table[key]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error((*path, key), f"expected an array of strings, got {value!r}")
+            return None
+        return value
+
+    def integer(self, table: dict, path: KeyPath, key: str, lo: int, hi: int, default: Any) -> int | None:
+        value = self.get(table, path, key, int, default)
+        if value is not None and not lo <= value <= hi:
+            self.error((*path, key), f"{value} is outside {lo}..{hi}")
+            return None
+        return value
+
+    def choice(self, table: dict, path: KeyPath, key: str, enum_type: type[enum.Enum], default: Any) -> Any:
+        value = self.get(table, path, key, str, default)
+        if value is None or isinstance(value, enum_type):
+            return value
+        try:
+            return enum_type(value)
+        except ValueError:
+            valid = " | ".join(str(m.value) for m in enum_type)
+            self.error((*path, key), f"{value!r} is not one of {valid}")
+            return None
+
+
+# --- the schema, section by section ---------------------------------------------------------------------------
+
+_TOP_KEYS = ("instance", "gateway", "connections")
+_GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port")
+_CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
+_CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
+               "manual")
+_MANUAL_KEYS = ("in_spi", "out_spi", "in_enc_key", "out_enc_key", "in_integ_key", "out_integ_key")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_IFNAME_RE = re.compile(r"[^/\s:]{1,15}")  # IFNAMSIZ - 1; '/', ':' and whitespace are not allowed by the kernel
+_MAX_PRIORITY = 1_000_000
+
+
+class _DefaultAction(enum.Enum):
+    BYPASS = "bypass"
+    DISCARD = "discard"
+
+
+def _gateway(ck: _Checker, tbl: dict) -> GatewayConfig | None:
+    path = ("gateway",)
+    ck.unknown_keys(tbl, path, _GATEWAY_KEYS)
+    ifaces = ck.strings(tbl, path, "interfaces")
+    if ifaces is not None:
+        if not ifaces:
+            ck.error((*path, "interfaces"), "empty; name the interfaces XDP should attach to")
+        for name in ifaces:
+            if not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
+                ck.error((*path, "interfaces"), f"{name!r} is not a valid interface name (1..15 characters, "
+                                                f"no '/', ':' or spaces)")
+        for name in sorted({n for n in ifaces if ifaces.count(n) > 1}):
+            ck.error((*path, "interfaces"), f"{name!r} is listed twice")
+    workers = ck.integer(tbl, path, "workers", 1, 64, min(os.cpu_count() or 1, 64))
+    xdp_mode = ck.choice(tbl, path, "xdp_mode", XdpMode, XdpMode.NATIVE)
+    state_dir = ck.get(tbl, path, "state_dir", str, "/var/lib/xdpsec")
+    if state_dir is not None and not state_dir.startswith("/"):
+        ck.error((*path, "state_dir"), f"{state_dir!r} must be an absolute path")
+        state_dir = None
+    action = ck.choice(tbl, path, "default_action", _DefaultAction, _DefaultAction.BYPASS)
+    encap_port = ck.integer(tbl, path, "encap_port", 1, 65535, 4500)
+    values = (ifaces, workers, xdp_mode, state_dir, action, encap_port)
+    if any(v is None for v in values):
+        return None
+    return GatewayConfig(interfaces=tuple(ifaces), workers=workers, xdp_mode=xdp_mode, state_dir=Path(state_dir),
+                         default_action=Action[action.name], encap_port=encap_port)
+
+
+def _addresses(ck: _Checker, tbl: dict, path: KeyPath, key: str) -> tuple[IPAddress, ...] | None:
+    texts = ck.strings(tbl, path, key, [])
+    if texts is None:
+        return None
+    addrs = []
+    for text in texts:
+        try:
+            addrs.append(ipaddress.ip_address(text))
+        except ValueError:
+            ck.error((*path, key), f"{text!r} is not an IP address (hostnames, ranges and %any need IKE)")
+            return None
+    return tuple(addrs)
+
+
+def _check_outer(ck: _Checker, path: KeyPath, local: tuple, remote: tuple) -> bool:
+    """Manual keying names one SA between two known addresses: exactly one on each side, one family."""
+    ok = True
+    for key, addrs in (("local_addrs", local), ("remote_addrs", remote)):
+        if len(addrs) != 1:
+            ck.error((*path, key), f"manual keying needs exactly one address, got {len(addrs)}")
+            ok = False
+    if ok and local[0].version != remote[0].version:
+        ck.error((*path, "remote_addrs"), f"IPv{remote[0].version} address with an IPv{local[0].version} "
+                                          f"local_addrs; the outer header has one family")
+        ok = False
+    return ok
+
+
+def _encap(ck: _Checker, tbl: dict, path: KeyPath, gw_port: int) -> tuple[bool, UdpEncap | None]:
+    encap = ck.get(tbl, path, "encap", bool, False)
+    ports = [ck.integer(tbl, path, key, 1, 65535, gw_port) for key in ("local_port", "remote_port")]
+    if not encap:
+        for key in ("local_port", "remote_port"):
+            if key in tbl:
+                ck.error((*path, key), "only used with encap = true (RFC 3948 UDP encapsulation)")
+        return encap is not None, None
+    if None in ports:
+        return False, None
+    return True, UdpEncap(sport=ports[0], dport=ports[1])
+
+
+def _connection(ck: _Checker, name: str, tbl: dict, gw_port: int) -> Connection | None:
+    path = ("connections", name)
+    ck.unknown_keys(tbl, path, _CONN_KEYS)
+    local = _addresses(ck, tbl, path, "local_addrs")
+    remote = _addresses(ck, tbl, path, "remote_addrs")
+    encap_ok, encap = _encap(ck, tbl, path, gw_port)
+    children_tbl = ck.get(tbl, path, "children", dict)
+    if local is None or remote is None or children_tbl is None or not encap_ok:
+        return None
+    if not children_tbl:
+        ck.error((*path, "children"), "no children; add a [connections.<name>.children.<child>] table")
+        return None
+    needs_sa = any(isinstance(c, dict) and c.get("mode", "tunnel") in ("tunnel", "transport")
+                   for c in children_tbl.values())
+    if needs_sa and not _check_outer(ck, path, local, remote):
+        return None
+    conn = Connection(name=name, local_addrs=local, remote_addrs=remote, encap=encap, children=())
+    children = []
+    for child_name, child_tbl in children_tbl.items():
+        child_path = (*path, "children", child_name)
+        if not (_valid_name(ck, child_path, child_name) and ck.table(child_tbl, child_path)):
+            continue
+        child = _child(ck, conn, child_path, child_tbl)
+        if child is not None:
+            children.append(child)
+    return Connection(name=name, local_addrs=local, remote_addrs=remote, encap=encap, children=tuple(children))
+
+
+def _valid_name(ck: _Checker, path: KeyPath, name: str) -> bool:
+    if _NAME_RE.fullmatch(name):
+        return True
+    ck.error(path, "names are 1..64 letters, digits, '_', '.' or '-' (a '/' joins connection and child)")
+    return False
+
+
+def _selectors(ck: _Checker, tbl: dict, path: KeyPath, key: str, default: tuple) -> tuple | None:
+    if key not in tbl:
+        if not default:
+            ck.error((*path, key), "missing; required for this mode (e.g. [\"198.51.100.0/24\"])")
+        return default or None
+    texts = ck.strings(tbl, path, key)
+    if texts is None:
+        return None
+    result = []
+    for text in texts:
+        try:
+            result.append(parse_ts(text))
+        except ValueError as e:
+            ck.error((*path, key), str(e))
+            return None
+    if not result:
+        ck.error((*path, key), "empty; list at least one traffic selector")
+        return None
+    return tuple(result)
+
+
+def _transport_ts_ok(ck: _Checker, path: KeyPath, key: str, ts: tuple, addr: IPAddress) -> bool:
+    """Transport mode protects the hosts' own traffic (RFC 4301 §4.1): selectors must be the outer address."""
+    for sel in ts:
+        if sel.net.num_addresses != 1 or sel.net.network_address != addr:
+            ck.error((*path, key), f"{sel} is not the outer address {addr}: transport mode carries only the "
+                                   f"endpoints' own traffic (RFC 4301 §4.1); use mode = \"tunnel\"")
+            return False
+    return True
+
+
+def _proposal(ck: _Checker, tbl: dict, path: KeyPath, encap: bool) -> tuple[Protocol, Transform] | None:
+    present = [k for k in ("esp_proposals", "ah_proposals") if k in tbl]
+    if len(present) != 1:
+        ck.error((*path, present[1] if present else "esp_proposals"),
+                 "set esp_proposals or ah_proposals, not both" if present else
+                 "missing; manual keying needs one proposal, e.g. esp_proposals = [\"aes128gcm16\"]")
+        return None
+    key = present[0]
+    texts = ck.strings(tbl, path, key)
+    if texts is None:
+        return None
+    if len(texts) != 1:
+        ck.error((*path, key), f"manual keying uses exactly one proposal, got {len(texts)}")
+        return None
+    protocol, parse = (Protocol.ESP, proposals.parse_esp) if key == "esp_proposals" else (Protocol.AH,
+                                                                                          proposals.parse_ah)
+    try:
+        transform = parse(texts[0])
+    except proposals.ProposalError as e:
+        ck.error((*path, key), str(e))
+        return None
+    if protocol == Protocol.AH and encap:
+        ck.error((*path, key), "AH cannot be UDP-encapsulated (RFC 3948 covers ESP only; AH's ICV covers the "
+                               "addresses a NAT rewrites); use esp_proposals or encap = false")
+        return None
+    for note in proposals.advice(transform):
+        ck.warn((*path, key), note)
+    return protocol, transform
+
+
+def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict) -> Child | None:
+    ck.unknown_keys(tbl, path, _CHILD_KEYS)
+    mode = ck.choice(tbl, path, "mode", ChildMode, ChildMode.TUNNEL)
+    if mode is None:
+        return None
+    transport = mode == ChildMode.TRANSPORT
+    # Transport mode defaults to the endpoints themselves; the others must say what they carry.
+    default_local = (TrafficSelector(ipaddress.ip_network(conn.local_addrs[0])),) if transport else ()
+    default_remote = (TrafficSelector(ipaddress.ip_network(conn.remote_addrs[0])),) if transport else ()
+    local_ts = _selectors(ck, tbl, path, "local_ts", default_local)
+    remote_ts = _selectors(ck, tbl, path, "remote_ts", default_remote)
+    priority = ck.integer(tbl, path, "priority", 0, _MAX_PRIORITY, 0)
+    replay = ck.integer(tbl, path, "replay_window", 0, 65536, 1024)
+    if replay == 0:
+        ck.warn((*path, "replay_window"), "0 disables anti-replay (RFC 4303 §3.4.3): replayed packets are "
+                                          "accepted")
+    if None in (local_ts, remote_ts, priority, replay):
+        return None
+    if transport and not (_transport_ts_ok(ck, path, "local_ts", local_ts, conn.local_addrs[0])
+                          and _transport_ts_ok(ck, path, "remote_ts", remote_ts, conn.remote_addrs[0])):
+        return None
+    if not any(True for _ in _selector_pairs(local_ts, remote_ts)):
+        ck.error((*path, "remote_ts"), "no local_ts/remote_ts pair has the same address family and protocol: "
+                                       "the child would match nothing")
+        return None
+    child = Child(name=path[-1], mode=mode, local_ts=local_ts, remote_ts=remote_ts, priority=priority,
+                  replay_window=replay)
+    if mode in _SHUNT_ACTION:
+        for key in ("esp_proposals", "ah_proposals", "manual"):
+            if key in tbl:
+                ck.error((*path, key), f"mode = \"{mode.value}\" is a shunt without SAs; remove {key}")
+        return child
+    return _protected_child(ck, conn, path, tbl, child)
+
+
+def _protected_child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, child: Child) -> Child | None:
+    found = _proposal(ck, tbl, path, conn.encap is not None)
+    if "manual" not in tbl:
+        ck.error(path, f"IKE is not implemented yet; add a [{'.'.join(path)}.manual] table with SPIs and keys")
+        return None
+    manual_tbl = ck.get(tbl, path, "manual", dict)
+    if manual_tbl is None:
+        return None
+    # Without a transform the key lengths are unknown, but the SPIs and key names can still be checked.
+    manual = _manual(ck, (*path, "manual"), manual_tbl, found[1] if found else None)
+    if found is None or manual is None:
+        return None
+    protocol, transform = found
+    child = replace(child, protocol=protocol, transform=transform, manual=manual)
+    try:
+        _sa_pair(conn, child)  # SAParams checks its own invariants; a failure here is a gap in ours
+    except ValueError as e:
+        ck.error(path, str(e))
+        return None
+    return child
+
+
+def _spi(ck: _Checker, tbl: dict, path: KeyPath, key: str) -> int | None:
+    """An SPI as a TOML integer (0x1001) or a string ("0x1001", as `ip xfrm` prints it)."""
+    value = tbl.get(key)
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            ck.error((*path, key), f"{value!r} is not a number; write 0x1001 or 4097")
+            return None
+    elif not isinstance(value, int) or isinstance(value, bool):
+        return ck.get(tbl, path, key, int)  # reports it missing or of the wrong type
+    if not 0x100 <= value <= 0xFFFFFFFF:
+        ck.error((*path, key), f"SPI {value:#x} is outside 0x100..0xffffffff (0 is not an SPI and 1..255 are "
+                               f"reserved by IANA, RFC 4303 §2.1)")
+        return None
+    return value
+
+
+def _key_bytes(ck: _Checker, tbl: dict, path: KeyPath, key: str, need: int, why: str, t: Transform) -> bytes:
+    """Hex key material of the length the transform needs; records a problem and returns b"" otherwise."""
+    name = proposals.format_transform(t)
+    if key not in tbl:
+        if need:
+            ck.error((*path, key), f"missing; {name} needs {need} bytes ({why})")
+        return b""
+    text = ck.get(tbl, path, key, str)
+    if text is None:
+        return b""
+    if not need:
+        ck.error((*path, key), f"not used by {name} ({why}); remove it")
+        return b""
+    digits = text.strip().replace(":", "")
+    digits = digits[2:] if digits[:2].lower() == "0x" else digits
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        ck.error((*path, key), "not hex; write pairs of hex digits, optionally with ':' between bytes")
+        return b""
+    if len(data) != need:
+        ck.error((*path, key), f"{len(data)} bytes, {name} needs {need} ({why})")
+    return data
+
+
+def _enc_key_why(t: Transform) -> str:
+    if t.encr is None:
+        return "AH does not encrypt"
+    if t.encr == Encr.NULL:
+        return "ENCR_NULL has no key"
+    if t.encr == Encr.CHACHA20_POLY1305:
+        return f"32-byte key + {AEAD_SALT_LEN}-byte salt, RFC 7634 §2"
+    if t.is_aead:
+        return f"{t.encr_key_bits // 8}-byte key + {AEAD_SALT_LEN}-byte salt, RFC 4106 §8.1"
+    return f"AES-{t.encr_key_bits} key, RFC 3602"
+
+
+def _integ_key_why(t: Transform) -> str:
+    if t.integ is None:
+        return "the AEAD cipher carries its own ICV"
+    return "HMAC-SHA2 keys are as long as the hash output, RFC 4868 §2.1.1"
+
+
+def _manual(ck: _Checker, path: KeyPath, tbl: dict, t: Transform | None) -> ManualKeys | None:
+    ck.unknown_keys(tbl, path, _MANUAL_KEYS)
+    spis = {key: _spi(ck, tbl, path, key) for key in ("in_spi", "out_spi")}
+    if t is None:
+        return None
+    keys = {}
+    for d in ("in", "out"):
+        keys[f"{d}_enc_key"] = _key_bytes(ck, tbl, path, f"{d}_enc_key", t.enc_key_len, _enc_key_why(t), t)
+        keys[f"{d}_integ_key"] = _key_bytes(ck, tbl, path, f"{d}_integ_key", t.integ_key_len,
+                                            _integ_key_why(t), t)
+    if None in spis.values() or any(len(v) != need for v, need in (
+            (keys["in_enc_key"], t.enc_key_len), (keys["out_enc_key"], t.enc_key_len),
+            (keys["in_integ_key"], t.integ_key_len), (keys["out_integ_key"], t.integ_key_len))):
+        return None
+    return ManualKeys(**spis, **keys)
+
+
+# --- whole-file checks ------------------------------------------------------------------------------------------
+
+def _child_path(name: str) -> KeyPath:
+    conn, child = name.split("/", 1)
+    return ("connections", conn, "children", child)
+
+
+def _check_spis(ck: _Checker, connections: tuple[Connection, ...]) -> None:
+    """An SPI identifies an SA per direction (RFC 4301 §4.1): two children sharing one cannot be told apart."""
+    for key in ("in_spi", "out_spi"):
+        first: dict[int, str] = {}
+        for conn in connections:
+            for child in conn.children:
+                if child.manual is None:
+                    continue
+                spi, where = getattr(child.manual, key), f"{conn.name}/{child.name}"
+                if spi in first:
+                    ck.error((*_child_path(where), "manual", key),
+                             f"SPI {spi:#x} is already the {key} of {first[spi]}")
+                else:
+                    first[spi] = where
+
+
+def _describe(p: Policy) -> str:
+    proto = f" proto {p.proto}" if p.proto else ""
+    ports = "".join(f" {k} {r.lo}-{r.hi}" for k, r in (("sport", p.sports), ("dport", p.dports)) if not r.is_any)
+    return f"{p.direction.name} {p.src} -> {p.dst}{proto}{ports}"
+
+
+def _check_shadowing(ck: _Checker, policies: list[Policy]) -> None:
+    """Warn about a policy the first covering policy before it overrides with another action or child."""
+    for j, later in enumerate(policies):
+        earlier = next((p for p in policies[:j] if p.direction == later.direction and covers(p, later)), None)
+        if earlier is not None and (earlier.action, earlier.child) != (later.action, later.child):
+            ck.warn(_child_path(later.name), f"policy {_describe(later)} never matches: {earlier.name} "
+                                             f"({earlier.action.name}) covers it and comes first")
+
+
+def _syntax_problem(file: str, err: tomllib.TOMLDecodeError) -> Problem:
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)", str(err))
+    if m is None:
+        return Problem(file, 1, "syntax", str(err))
+    return Problem(file, int(m.group(1)), "syntax", f"{str(err)[:m.start()]} (column {m.group(2)})")
+
+
+def _build(ck: _Checker, data: dict, path: Path) -> Config | None:
+    ck.unknown_keys(data, (), _TOP_KEYS)
+    instance = ck.get(data, (), "instance", str, "default")
+    if instance is not None and not _NAME_RE.fullmatch(instance):
+        ck.error(("instance",), f"{instance!r}: use 1..64 letters, digits, '_', '.' or '-' (it names a socket)")
+    gateway_tbl = ck.get(data, (), "gateway", dict)
+    gateway = _gateway(ck, gateway_tbl) if gateway_tbl is not None else None
+    conns_tbl = ck.get(data, (), "connections", dict, {})
+    connections = []
+    for name, tbl in (conns_tbl or {}).items():
+        conn_path = ("connections", name)
+        if _valid_name(ck, conn_path, name) and ck.table(tbl, conn_path):
+            conn = _connection(ck, name, tbl, gateway.encap_port if gateway else 4500)
+            if conn is not None:
+                connections.append(conn)
+    _check_spis(ck, tuple(connections))
+    if gateway is None or instance is None:
+        return None
+    config = Config(path=path, instance=instance, gateway=gateway, connections=tuple(connections))
+    _check_shadowing(ck, config.policies())
+    return config
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a configuration; raises ConfigError listing every problem found."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem(file, 1, "file", f"cannot read: {e}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([_syntax_problem(file, e)]) from None
+    ck = _Checker(file, _Locator(text))
+    config = _build(ck, data, path)
+    warnings = sorted(ck.warnings, key=lambda p: p.line)
+    if ck.problems or config is None:
+        raise ConfigError(sorted(ck.problems, key=lambda p: p.line), warnings)
+    return replace(config, warnings=tuple(warnings))
+
+
+# --- xdpsec check -----------------------------------------------------------------------------------------------
+
+def _summary(config: Config) -> dict[str, int]:
+    return {"connections": len(config.connections),
+            "children": sum(len(c.children) for c in config.connections),
+            "policies": len(config.policies())}
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    """`xdpsec check -c FILE [--json]`: 0 if the file is valid, 2 (with every problem listed) if not."""
+    parser = argparse.ArgumentParser(prog="xdpsec check", description="validate a configuration file")
+    parser.add_argument("-c", "--config", required=True, metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = parser.parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        problems, warnings, summary = e.problems, e.warnings, None
+    else:
+        problems, warnings, summary = [], list(config.warnings), _summary(config)
+    if args.json:
+        print(json.dumps({"file": args.config, "ok": not problems, **(summary or {}),
+                          "problems": [asdict(p) for p in problems],
+                          "warnings": [asdict(p) for p in warnings]}))
+    else:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if summary is not None:
+            print(f"{args.config}: ok ({summary['connections']} connections, {summary['children']} children, "
+                  f"{summary['policies']} policies)")
+    return 2 if problems else 0
