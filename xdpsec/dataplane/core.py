@@ -94,7 +94,8 @@ class PacketCore:
         self.sa_stats: dict[int, SACounters] = {}
         self.fib: dict[bytes, Route | None] = {}
         self._requests: dict[bytes, None] = {}  # ordered set
-        self._held: dict[bytes, list[tuple[int, bytes]]] = {}  # next hop -> [(sa index or -1, IP packet)]
+        # next hop -> [(sa index or -1, IP packet, TTL still to be decremented)]
+        self._held: dict[bytes, list[tuple[int, bytes, bool]]] = {}
         self._ready: list[tuple[int, bytes]] = []
         self.drops: Counter[int] = Counter()
         self.rx = 0
@@ -131,15 +132,21 @@ class PacketCore:
             self.fib.pop(next(iter(self.fib)))  # oldest first: the cache is bounded, the kernel is the truth
         self.fib[dst] = route
         self._requests.pop(dst, None)
-        for sa_index, pkt in self._held.pop(dst, ()):
+        for sa_index, pkt, decrement in self._held.pop(dst, ()):
             if route is None:
                 self.count_drop(DropReason.NO_ROUTE, sa_index)
-            else:
-                self._ready.append((route.slot, route.eth(pkt[0] >> 4) + pkt))
+                continue
+            if decrement and not route.local:
+                buf = bytearray(pkt)
+                if not ip.decrement_ttl(buf):
+                    self.count_drop(DropReason.TTL_EXCEEDED, sa_index)
+                    continue
+                pkt = bytes(buf)
+            self._ready.append((route.slot, route.eth(pkt[0] >> 4) + pkt))
 
     def unresolved(self, dst: bytes) -> None:
         """The coordinator could not resolve `dst` this time: drop what waits for it (it will ask again)."""
-        for sa_index, _pkt in self._held.pop(dst, ()):
+        for sa_index, _pkt, _decrement in self._held.pop(dst, ()):
             self.count_drop(DropReason.NO_NEIGHBOR, sa_index)
 
     def forget_routes(self) -> None:
@@ -168,7 +175,7 @@ class PacketCore:
             raise Drop(DropReason.NO_ROUTE)
         return route
 
-    def _hold(self, dst: bytes, sa_index: int, pkt: bytes) -> None:
+    def _hold(self, dst: bytes, sa_index: int, pkt: bytes, decrement: bool = False) -> None:
         held = self._held.get(dst)
         if held is None:
             if len(self._held) >= HOLD_DSTS:
@@ -176,7 +183,7 @@ class PacketCore:
             held = self._held[dst] = []
         if len(held) >= HOLD_PER_DST:
             raise Drop(DropReason.NO_NEIGHBOR)
-        held.append((sa_index, pkt))
+        held.append((sa_index, pkt, decrement))
 
     # --- packets ---------------------------------------------------------------------------------------------
     def process(self, slot: int, frame: bytes | bytearray | memoryview, kind: int, sa_index: int,
@@ -264,10 +271,8 @@ class PacketCore:
         """Send an IP packet toward its destination as the kernel's tables say (inner packets after decap)."""
         info = ip.parse(pkt)
         route = self._route(info.dst)
-        if route is None:
-            # TTL is decremented once the route says whether the packet is ours; held packets are rare and
-            # short-lived, so they keep theirs (a router's ARP queue does the same after its decrement).
-            self._hold(info.dst, sa_index, bytes(pkt))
+        if route is None:  # the TTL is decremented on release, once the route says whether it is for us
+            self._hold(info.dst, sa_index, bytes(pkt), decrement)
             return
         if decrement and not route.local and not ip.decrement_ttl(pkt):
             raise Drop(DropReason.TTL_EXCEEDED)
