@@ -195,9 +195,9 @@ class Gateway:
                 sock = XskSocket(umem, iface.index, q, ring_size=RING_SIZE, shared_with=first)
                 first = first or sock
                 sockets.append((slot, sock))
-        for (a, b), ring in self.rings.items():
-            if wid in (a, b):
-                ring.reset()
+        # The handoff rings are kept as they are across a restart: a slot is published by its index only
+        # after it is written, so a producer that died mid-push left nothing visible, and a new consumer
+        # resumes at the shared consumer index. (Resetting them would race with the live worker at the other end.)
         spec = WorkerSpec(
             wid=wid, ports=self.ports, umem=umem, sockets=sockets,
             handoff_in=[self.rings[(a, wid)] for a in range(n) if a != wid],
