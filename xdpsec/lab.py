@@ -424,6 +424,12 @@ class Lab:
             entry[f"{key}{family}"] = str(iface.ip)
             entry[f"{key}net_{family}"] = str(iface.network)
         entry[f"{key}if"] = port.ifname
+        if not port.role:
+            # A host's stack leaves TCP/UDP checksums for the "hardware" to finish (CHECKSUM_PARTIAL); over a
+            # veth nobody ever does, and XDP/AF_XDP hand the unfinished checksum to the gateway's worker, which
+            # would encrypt it as is. A real NIC always delivers finished checksums, so hosts send them here too.
+            subprocess.run([*self.nsenter(port.node), "ethtool", "-K", port.ifname, "tx", "off"],
+                           capture_output=True, check=False)
 
     def _ip(self, node: str, *args: str) -> None:
         cmd = ["ip", "-n", self.ns(node), *args]
