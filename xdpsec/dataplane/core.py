@@ -210,7 +210,9 @@ class PacketCore:
 
     def _ip_packet(self, frame, l3_off: int) -> tuple[bytearray, ip.IPInfo]:
         pkt = frame[l3_off:]
-        info = ip.parse(pkt)
+        # XDP sees frames before the kernel checks anything: a router must verify the header checksum itself
+        # (RFC 1812 §5.2.2).
+        info = ip.parse(pkt, verify_checksum=True)
         return bytearray(pkt[:info.total_len]), info
 
     def _outbound(self, slot: int, frame, sa_index: int, l3_off: int, out: list) -> None:
