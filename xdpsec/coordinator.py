@@ -129,7 +129,7 @@ class Gateway:
         log.info("compiling the XDP classifier")
         self.classifier = Classifier()
         cl = self.classifier
-        cl.set_config(default_action=Action[gw.default_action.upper()], encap_port=gw.encap_port)
+        cl.set_config(default_action=Action(gw.default_action), encap_port=gw.encap_port)
         for slot, iface in self.ifaces.items():
             cl.set_iface(iface.index, slot)
         cl.set_local_addrs(self.cfg.local_addresses())
@@ -153,7 +153,7 @@ class Gateway:
 
         for slot in sorted(self.ports):
             name = self.ports[slot].name
-            cl.attach(name, mode=gw.xdp_mode)
+            cl.attach(name, mode=gw.xdp_mode.value)
             self.attached.append(name)
         pins = PIN_ROOT / self.instance
         try:
@@ -409,7 +409,7 @@ class Gateway:
 
     def _cmd_status(self, _args: dict) -> dict:
         return {"instance": self.instance, "uptime": round(time.time() - self.started, 1),
-                "interfaces": [{"name": p.name, "xdp_mode": self.cfg.gateway.xdp_mode,
+                "interfaces": [{"name": p.name, "xdp_mode": self.cfg.gateway.xdp_mode.value,
                                 "queues": self.ifaces[s].rx_queues} for s, p in self.ports.items()],
                 "workers": self.nworkers, "sas": len(self.sas), "policies": len(self.policies)}
 
@@ -461,10 +461,14 @@ def run_main(args) -> int:
         signal.signal(sig, lambda *_: done.set())
     try:
         gw.start()
-        done.wait()
-    except ControlError as exc:
-        print(f"xdpsec: {exc}", file=sys.stderr)
+    except (ControlError, OSError, RuntimeError, ValueError, Exception) as exc:
+        # Everything set up so far is undone by stop(); the user gets one line, the details go to the debug log.
+        log.debug("start-up failed", exc_info=True)
+        print(f"xdpsec: {cfg.path}: cannot start gateway {cfg.instance!r}: {exc}", file=sys.stderr)
+        gw.stop()
         return 1
+    try:
+        done.wait()
     except KeyboardInterrupt:
         pass
     finally:
