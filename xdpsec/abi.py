@@ -60,3 +60,78 @@ class Drop(Exception):
     def __init__(self, reason: DropReason):
         super().__init__(drop_name(reason))
         self.reason = reason
+
+
+# --- Struct mirrors -------------------------------------------------------------------------------------
+# ctypes twins of the structs of xdpsec_abi.h, field for field (explicit padding included), named after the
+# C struct. Addresses are __be32[4] in C: network-order bytes, so fill them from bytes, not from integers.
+
+import ctypes  # noqa: E402  (the struct section is appended to the enum section above)
+
+_DEFINE_RE = re.compile(r"^#define\s+(XS_\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", re.M)
+_DEFINES = {name: int(value, 0) for name, value in _DEFINE_RE.findall(HEADER.read_text())}
+
+XS_MAX_POLICIES = _DEFINES["XS_MAX_POLICIES"]
+XS_MAX_CHILDREN = _DEFINES["XS_MAX_CHILDREN"]
+XS_MAX_SAS = _DEFINES["XS_MAX_SAS"]
+XS_MAX_IFACES = _DEFINES["XS_MAX_IFACES"]
+XS_MAX_QUEUES = _DEFINES["XS_MAX_QUEUES"]
+XS_MAX_LOCAL_ADDRS = _DEFINES["XS_MAX_LOCAL_ADDRS"]
+XS_META_MAGIC = _DEFINES["XS_META_MAGIC"]
+XS_PROG_SPD = _DEFINES["XS_PROG_SPD"]
+
+_u8, _u16, _u32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32
+_Addr = _u32 * 4
+
+
+class XsMeta(ctypes.Structure):
+    """struct xs_meta: the classifier's verdict, just before the frame in the UMEM."""
+
+    _fields_ = [("magic", _u32), ("sa_index", _u32), ("policy_id", _u32), ("owner", _u16), ("ifslot", _u16),
+                ("l3_off", _u16), ("l4_off", _u16), ("kind", _u8), ("ip_version", _u8), ("pad", _u8 * 2)]
+
+
+class XsIface(ctypes.Structure):
+    """struct xs_iface: value of xs_ifaces (key: ifindex)."""
+
+    _fields_ = [("slot", _u32)]
+
+
+class XsConfigVal(ctypes.Structure):
+    """struct xs_config_val: xs_config[0]."""
+
+    _fields_ = [("active_bank", _u32), ("count", _u32 * 2), ("encap_port", _u16), ("default_action", _u8),
+                ("pad", _u8)]
+
+
+class XsPolicy(ctypes.Structure):
+    """struct xs_policy: xs_policies[bank * XS_MAX_POLICIES + i]."""
+
+    _fields_ = [("src", _Addr), ("src_mask", _Addr), ("dst", _Addr), ("dst_mask", _Addr),
+                ("sport_lo", _u16), ("sport_hi", _u16), ("dport_lo", _u16), ("dport_hi", _u16),
+                ("child_id", _u32), ("policy_id", _u32),
+                ("family", _u8), ("direction", _u8), ("action", _u8), ("proto", _u8)]
+
+
+class XsChild(ctypes.Structure):
+    """struct xs_child: xs_child_out[child_id]."""
+
+    _fields_ = [("sa_index", _u32), ("owner", _u16), ("valid", _u8), ("pad", _u8)]
+
+
+class XsSaInKey(ctypes.Structure):
+    """struct xs_sa_in_key: key of xs_sa_in (SPI in host order)."""
+
+    _fields_ = [("spi", _u32), ("proto", _u8), ("pad", _u8 * 3)]
+
+
+class XsSaInVal(ctypes.Structure):
+    """struct xs_sa_in_val: value of xs_sa_in."""
+
+    _fields_ = [("sa_index", _u32), ("owner", _u16), ("encap", _u8), ("pad", _u8)]
+
+
+class XsAddrKey(ctypes.Structure):
+    """struct xs_addr_key: key of xs_local_addrs."""
+
+    _fields_ = [("addr", _Addr), ("family", _u8), ("pad", _u8 * 3)]

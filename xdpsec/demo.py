@@ -72,7 +72,7 @@ def run(queues: int = 2, size: int = 20 * 2**20) -> int:
             print(exc, file=sys.stderr)
             return 1
         wan_a, wan_b = lab.addr["gwA"]["wan_v4"], lab.addr["gwB"]["wan_v4"]
-        cap = lab.capture("gwB", "wan0")
+        cap = lab.capture("wire", "br0")  # a passive observer on the wire between the gateways
         print("\ntraffic through the tunnel (hostA -> hostB):")
         ping4 = lab.ping("hostA", lab.addr["hostB"]["v4"], count=5)
         results.append(_say(ping4.received >= 4, f"ping IPv4: {ping4.received}/{ping4.sent} replies"))

@@ -6,15 +6,19 @@ namespace), with ``queues`` rx/tx queues because the gateways' AF_XDP workers bi
 
      site-to-site (tunnel mode)
 
-       hostA ──────── gwA ══════════════ gwB ──────── hostB
-       a0            lan0   wan0    wan0   lan0          b0
+       hostA ──────── gwA ═════ wire ═════ gwB ──────── hostB
+       a0            lan0   wan0   (br0)   wan0   lan0          b0
        198.51.100.10/25  .1 | 192.0.2.1/24  192.0.2.2/24 | .129   198.51.100.130/25
        2001:db8:a::10/64 ::1| 2001:db8:f::1/64 ::2       | 2001:db8:b::1  2001:db8:b::10/64
 
      host-to-host (transport mode)
 
-       hostC ═════════════ hostD
+       hostC ═════ wire2 ═════ hostD
        c0 203.0.113.1/24    d0 203.0.113.2/24   (2001:db8:c::1/64, ::2)
+
+``wire`` and ``wire2`` are plain bridges: the wire between the protecting nodes, where a capture sees what
+really crossed. (On the gateways themselves tcpdump is blind to XDP: frames redirected to AF_XDP never reach
+the receive taps, and AF_XDP transmissions bypass the transmit taps.)
 
 Hosts route by default via their gateway; each gateway routes the other site via the other's wan address,
 forwards IPv4 and IPv6 and has rp_filter off. IPv6 duplicate address detection is off everywhere so addresses
@@ -67,11 +71,14 @@ class Port:
     v6: str
 
 
+BRIDGE_PORT = "bridge"  # role of a port enslaved to the node's bridge br0 (the wire nodes)
+WIRE_BRIDGE = "br0"
+
 SITE_LINKS = (
     (Port("hostA", "a0", "", "198.51.100.10/25", "2001:db8:a::10/64"),
      Port("gwA", "lan0", "lan", "198.51.100.1/25", "2001:db8:a::1/64")),
-    (Port("gwA", "wan0", "wan", "192.0.2.1/24", "2001:db8:f::1/64"),
-     Port("gwB", "wan0", "wan", "192.0.2.2/24", "2001:db8:f::2/64")),
+    (Port("gwA", "wan0", "wan", "192.0.2.1/24", "2001:db8:f::1/64"), Port("wire", "wa", BRIDGE_PORT, "", "")),
+    (Port("wire", "wb", BRIDGE_PORT, "", ""), Port("gwB", "wan0", "wan", "192.0.2.2/24", "2001:db8:f::2/64")),
     (Port("gwB", "lan0", "lan", "198.51.100.129/25", "2001:db8:b::1/64"),
      Port("hostB", "b0", "", "198.51.100.130/25", "2001:db8:b::10/64")),
 )
@@ -84,8 +91,8 @@ SITE_ROUTES = {  # node -> (destination, via)
 GATEWAYS = ("gwA", "gwB")
 
 HOST_LINKS = (
-    (Port("hostC", "c0", "", "203.0.113.1/24", "2001:db8:c::1/64"),
-     Port("hostD", "d0", "", "203.0.113.2/24", "2001:db8:c::2/64")),
+    (Port("hostC", "c0", "", "203.0.113.1/24", "2001:db8:c::1/64"), Port("wire2", "wc", BRIDGE_PORT, "", "")),
+    (Port("wire2", "wd", BRIDGE_PORT, "", ""), Port("hostD", "d0", "", "203.0.113.2/24", "2001:db8:c::2/64")),
 )
 
 NODES = frozenset(p.node for links in (SITE_LINKS, HOST_LINKS) for link in links for p in link)
@@ -414,6 +421,14 @@ class Lab:
                  "type", "veth", "peer", "name", right.ifname, "netns", self.ns(right.node), *dims)
 
     def _add_addresses(self, port: Port) -> None:
+        if port.role == BRIDGE_PORT:
+            if self.run(port.node, "ip", "link", "show", WIRE_BRIDGE, check=False).returncode:
+                self._ip(port.node, "link", "add", WIRE_BRIDGE, "type", "bridge", "mcast_snooping", "0",
+                         "stp_state", "0", "forward_delay", "0")
+                self._ip(port.node, "link", "set", WIRE_BRIDGE, "up")
+            self._ip(port.node, "link", "set", port.ifname, "master", WIRE_BRIDGE, "up")
+            self.addr.setdefault(port.node, {})["if"] = WIRE_BRIDGE
+            return
         self._ip(port.node, "link", "set", port.ifname, "up")
         self._ip(port.node, "-4", "addr", "add", port.v4, "dev", port.ifname)
         self._ip(port.node, "-6", "addr", "add", port.v6, "dev", port.ifname, "nodad")

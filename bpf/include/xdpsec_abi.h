@@ -45,6 +45,7 @@ enum xs_drop {
 	XS_DROP_BAD_META = 27,          /* classifier metadata missing or inconsistent */
 	XS_DROP_SA_MISMATCH = 28,       /* packet does not fit the SA it names (addresses, encapsulation, protocol) */
 	XS_DROP_NOT_IP = 29,            /* not IPv4/IPv6 where IP was required */
+	XS_DROP_INTERNAL = 30,          /* classifier incomplete: the SPD program is missing from xs_progs */
 	XS_DROP__MAX
 };
 
@@ -82,6 +83,106 @@ enum xs_action {
 enum xs_dir {
 	XS_DIR_OUT = 0,
 	XS_DIR_IN = 1,
+};
+
+/* Size limits of the maps. The SPD holds two banks of XS_MAX_POLICIES (see struct xs_config_val). */
+#define XS_MAX_POLICIES 256
+#define XS_MAX_CHILDREN 1024
+#define XS_MAX_SAS 4096
+#define XS_MAX_IFACES 16
+#define XS_MAX_QUEUES 64
+#define XS_MAX_LOCAL_ADDRS 64
+#define XS_MAX_VLAN_TAGS 2              /* 802.1ad outer + 802.1Q inner */
+#define XS_MAX_EXTHDRS 8                /* IPv6 extension headers parsed before giving up */
+#define XS_META_MAGIC 0x78736563        /* "xsec": struct xs_meta is present */
+#define XS_PROG_SPD 0                   /* xs_progs slot of the SPD program (tail call from the parser) */
+
+/*
+ * Written by the classifier in front of a steered frame (bpf_xdp_adjust_meta), read by the worker from the
+ * UMEM just before the packet. 24 bytes: at most 32 and a multiple of 4, as the kernel requires. Offsets are
+ * from the start of the Ethernet header. l4_off is the ESP/AH (or, for ESP_UDP, the UDP) header for inbound
+ * kinds and the transport header for PROTECT (0 when there is none: a non-first fragment or no next header).
+ */
+struct xs_meta {
+	__u32 magic;                    /* XS_META_MAGIC */
+	__u32 sa_index;                 /* SA to use: outbound SA for PROTECT, inbound SA otherwise */
+	__u32 policy_id;                /* policy that chose PROTECT; 0 for inbound kinds */
+	__u16 owner;                    /* worker owning the SA */
+	__u16 ifslot;                   /* slot of the receiving interface (xs_ifaces) */
+	__u16 l3_off;                   /* IP header, after any VLAN tags */
+	__u16 l4_off;
+	__u8 kind;                      /* enum xs_kind */
+	__u8 ip_version;                /* 4 or 6: the outer IP header at l3_off */
+	__u8 pad[2];
+};
+
+/* xs_ifaces: ifindex -> slot. Interfaces missing from this map are not ours: their frames pass untouched. */
+struct xs_iface {
+	__u32 slot;                     /* < XS_MAX_IFACES; XSKMAP key = slot * XS_MAX_QUEUES + rx queue */
+};
+
+/*
+ * xs_config[0]. The SPD is an array of two banks; the coordinator writes the inactive bank, then stores its
+ * count, then flips active_bank (three map updates in that order): the program reads active_bank once and then
+ * only the count and policies of that bank, so a packet sees either the whole old set or the whole new one.
+ */
+struct xs_config_val {
+	__u32 active_bank;              /* 0 or 1 */
+	__u32 count[2];                 /* policies in each bank, <= XS_MAX_POLICIES */
+	__u16 encap_port;               /* UDP destination port of RFC 3948 encapsulation (4500) */
+	__u8 default_action;            /* enum xs_action when no policy matches: BYPASS or DISCARD */
+	__u8 pad;
+};
+
+/*
+ * xs_policies[bank * XS_MAX_POLICIES + i]: one SPD entry. Addresses and masks are in network byte order, IPv4
+ * in word 0 with the other words zero; the address is stored already masked. Ports are host order and
+ * inclusive; for ICMP/ICMPv6 the source "port" is the message type and the destination "port" the code.
+ */
+struct xs_policy {
+	__be32 src[4];
+	__be32 src_mask[4];
+	__be32 dst[4];
+	__be32 dst_mask[4];
+	__u16 sport_lo;
+	__u16 sport_hi;
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u32 child_id;                 /* index into xs_child_out (PROTECT OUT only) */
+	__u32 policy_id;
+	__u8 family;                    /* IP version of src/dst: 4 or 6 */
+	__u8 direction;                 /* enum xs_dir */
+	__u8 action;                    /* enum xs_action */
+	__u8 proto;                     /* IP protocol, 0 = any */
+};
+
+/* xs_child_out[child_id]: the child's current outbound SA; a rekey replaces this one entry. */
+struct xs_child {
+	__u32 sa_index;
+	__u16 owner;
+	__u8 valid;                     /* 0: no SA installed (PROTECT then drops NO_SA) */
+	__u8 pad;
+};
+
+/* xs_sa_in: inbound SAs by (SPI, protocol) (RFC 4301 4.1: SPI plus protocol identifies a unicast SA). */
+struct xs_sa_in_key {
+	__u32 spi;                      /* host order */
+	__u8 proto;                     /* 50 ESP or 51 AH */
+	__u8 pad[3];
+};
+
+struct xs_sa_in_val {
+	__u32 sa_index;
+	__u16 owner;
+	__u8 encap;                     /* 1: installed for UDP encapsulation (RFC 3948): must arrive in UDP */
+	__u8 pad;
+};
+
+/* xs_local_addrs: the gateway's own addresses (value unused). Same address layout as struct xs_policy. */
+struct xs_addr_key {
+	__be32 addr[4];
+	__u8 family;                    /* 4 or 6 */
+	__u8 pad[3];
 };
 
 #endif /* XDPSEC_ABI_H */

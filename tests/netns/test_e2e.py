@@ -82,7 +82,7 @@ def send_marker_ping(lab, src: str, dst: str) -> None:
 def test_tunnel_carries_ipv4_and_ipv6(pair, proposal):
     lab, gws, (ga, gb) = pair(PairSpec(mode="tunnel", proposal=proposal))
     wan_a, wan_b = lab.addr["gwA"]["wan_v4"], lab.addr["gwB"]["wan_v4"]
-    cap = lab.capture("gwB", "wan0")
+    cap = lab.capture("wire", "br0")
     for fam in ("v4", "v6"):
         ping = lab.ping("hostA", lab.addr["hostB"][fam], count=5, timeout=8)
         assert ping.received >= 4, (fam, ping, gws.log("gwA"))
@@ -102,7 +102,7 @@ def test_tunnel_carries_ipv4_and_ipv6(pair, proposal):
 
 def test_transport_mode_between_hosts(pair):
     lab, gws, (c, d) = pair(PairSpec(mode="transport", proposal="aes256gcm16", workers=1), topology="host")
-    cap = lab.capture("hostD", "d0")
+    cap = lab.capture("wire2", "br0")
     ping = lab.ping("hostC", lab.addr["hostD"]["v4"], count=5, timeout=8)
     assert ping.received >= 4, (ping, gws.log(c))
     send_marker_ping(lab, "hostC", lab.addr["hostD"]["v4"])
@@ -118,10 +118,10 @@ def test_ah(pair, topology, mode):
     lab, gws, (a, b) = pair(PairSpec(mode=mode, proposal="sha256", protocol=Protocol.AH, workers=1),
                             topology=topology)
     if topology == "site":
-        src, dst, node, iface = "hostA", lab.addr["hostB"]["v4"], "gwB", "wan0"
+        src, dst, node, iface = "hostA", lab.addr["hostB"]["v4"], "wire", "br0"
         outer = (lab.addr["gwA"]["wan_v4"], lab.addr["gwB"]["wan_v4"])
     else:
-        src, dst, node, iface = "hostC", lab.addr["hostD"]["v4"], "hostD", "d0"
+        src, dst, node, iface = "hostC", lab.addr["hostD"]["v4"], "wire2", "br0"
         outer = (lab.addr["hostC"]["v4"], dst)
     cap = lab.capture(node, iface)
     ping = lab.ping(src, dst, count=5, timeout=8)
@@ -165,7 +165,7 @@ except OSError as e:
 def test_discard_and_bypass_policies(pair):
     lab, gws, (ga, gb) = pair(PairSpec(mode="tunnel", proposal="aes128gcm16", workers=1),
                               extra=(SHUNTS_A, SHUNTS_B))
-    cap = lab.capture("gwB", "wan0")
+    cap = lab.capture("wire", "br0")
     # BYPASS: UDP to port 5555 crosses in clear, marker and all, and arrives.
     sink = lab.popen("hostB", sys.executable, "-c", "import socket,sys\ns=socket.socket(socket.AF_INET,"
                      "socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5555))\ns.settimeout(10)\nprint(len(s.recv(2048)),"
@@ -196,7 +196,7 @@ for h in sys.argv[2:]:
 def test_replayed_and_tampered_esp_are_dropped_and_counted(pair):
     lab, gws, (ga, gb) = pair(PairSpec(mode="tunnel", proposal="aes128gcm16", workers=1))
     dst = lab.addr["hostB"]["v4"]
-    cap = lab.capture("gwB", "wan0", filter="esp", count=6)
+    cap = lab.capture("wire", "br0", filter="esp", count=6)
     assert lab.ping("hostA", dst, count=3).received >= 2
     frames = [bytes(p) for p in rdpcap(str(cap.wait(10))) if p.haslayer(ESP)
               and p[IP].dst == lab.addr["gwB"]["wan_v4"]]

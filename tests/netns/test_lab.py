@@ -22,7 +22,7 @@ from xdpsec.lab import GRACE, NETNS_DIR, Lab, LabError, cleanup_stale, lab_names
 
 pytestmark = pytest.mark.netns
 
-LAB_IFNAMES = {"a0", "lan0", "wan0", "b0", "c0", "d0"}
+LAB_IFNAMES = {"a0", "lan0", "wan0", "b0", "c0", "d0", "wa", "wb", "wc", "wd", "br0"}
 
 
 def _exists(name: str) -> bool:
@@ -166,7 +166,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no teardown, no atexit: what a crashed t
 def test_cleanup_stale_removes_dead_runs_only(make_lab):
     out = subprocess.run([sys.executable, "-c", _DEAD_RUN], capture_output=True, text=True, timeout=30)
     dead = out.stdout.split()
-    assert len(dead) == 2 and all(map(_exists, dead)), out.stderr
+    assert len(dead) == 3 and all(map(_exists, dead)), out.stderr  # hostC, wire2, hostD
     live = Lab(prefix="xststale").host_to_host()
     try:
         assert sorted(cleanup_stale("xststale")) == sorted(dead)

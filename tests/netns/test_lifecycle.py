@@ -57,7 +57,7 @@ def test_killed_worker_is_restarted_and_never_reuses_a_sequence_number(make_lab,
     lab, gws = start_site(make_lab, tmp_path, workers=2, proposal="aes128gcm16")
     dst = lab.addr["hostB"]["v4"]
     assert lab.ping("hostA", dst, count=3).received >= 2
-    cap = lab.capture("gwB", "wan0", filter="esp")
+    cap = lab.capture("wire", "br0", filter="esp")
     pinger = lab.popen("hostA", "ping", "-n", "-i", "0.02", "-c", "300", "-W", "1", dst,
                        stdout=subprocess.PIPE, text=True)
     time.sleep(2)

@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The SPD in XDP (RFC 4301 4.4.1), with the semantics of xdpsec/spd.py: policies sit in priority order in
+ * one bank of xs_policies and the first one whose selectors all match decides.
+ *
+ * For a cleartext packet the OUT policies are consulted first: PROTECT sends it to a worker with the child's
+ * current SA, DISCARD drops it. Otherwise (an OUT BYPASS, or no OUT match) the IN policies are consulted, so
+ * that cleartext which should have arrived through an SA is dropped (RFC 4301 5.2): IN PROTECT drops it as
+ * POLICY_CLEARTEXT, IN DISCARD drops it, IN BYPASS passes it. An OUT BYPASS with no IN match passes; no
+ * match at all takes the configured default action. One pass over the bank finds both first matches.
+ */
+#ifndef XDPSEC_SPD_H
+#define XDPSEC_SPD_H
+
+BPF_ARRAY(xs_policies, struct xs_policy, 2 * XS_MAX_POLICIES);
+BPF_ARRAY(xs_child_out, struct xs_child, XS_MAX_CHILDREN);
+
+/*
+ * Non-zero when the packet falls outside the policy's selectors. Written without branches (BPF has no
+ * set-on-condition, so every `==` would be a branch and every branch a verifier state, 256 times over).
+ */
+static __always_inline __u64 net_mismatch(const __be32 *addr, const __be32 *net, const __be32 *mask)
+{
+	return ((addr[0] & mask[0]) ^ net[0]) | ((addr[1] & mask[1]) ^ net[1]) |
+	       ((addr[2] & mask[2]) ^ net[2]) | ((addr[3] & mask[3]) ^ net[3]);
+}
+
+static __always_inline __u64 policy_mismatch(const struct xs_policy *p, const struct xs_pkt *pkt)
+{
+	/* all ones when the policy names a protocol (1..255), zero for "any" */
+	__u64 proto_mask = 0 - (((__u64)p->proto + 255) >> 8);
+	/* a port below lo or above hi makes one of the differences negative: bit 63 */
+	__s64 below_above = ((__s64)pkt->sport - p->sport_lo) | ((__s64)p->sport_hi - pkt->sport) |
+			    ((__s64)pkt->dport - p->dport_lo) | ((__s64)p->dport_hi - pkt->dport);
+
+	/* a packet without ports (non-first fragment, ESP, ...) carries 0: only ranges holding 0 match it */
+	return (__u64)(p->family ^ pkt->family) | (((__u64)p->proto ^ pkt->proto) & proto_mask) |
+	       ((__u64)below_above >> 63) | net_mismatch(pkt->src, p->src, p->src_mask) |
+	       net_mismatch(pkt->dst, p->dst, p->dst_mask);
+}
+
+/*
+ * The first OUT and the first IN match of the active bank. Only values read from the policy rows are kept,
+ * never the slot: the verifier then sees the same state after the loop whichever iteration matched, instead
+ * of one state per slot (which exhausts its budget long before 256 policies).
+ */
+struct spd_hit {
+	__u32 policy_id;
+	__u32 child_id;
+	__u8 action;
+	__u8 found;
+};
+
+struct spd_match {
+	struct spd_hit out;
+	struct spd_hit in;
+};
+
+static __always_inline void spd_take(struct spd_hit *hit, const struct xs_policy *p)
+{
+	hit->policy_id = p->policy_id;
+	hit->child_id = p->child_id;
+	hit->action = p->action;
+	hit->found = 1;
+}
+
+static __always_inline void spd_lookup(const struct xs_config_val *cfg, const struct xs_pkt *pkt,
+				       struct spd_match *m)
+{
+	__u32 bank = cfg->active_bank & 1;
+	__u32 count = cfg->count[bank];
+
+	__builtin_memset(m, 0, sizeof(*m));
+	/* a real loop: unrolled copies would each be verified on their own */
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < XS_MAX_POLICIES; i++) {
+		__u32 slot = bank * XS_MAX_POLICIES + i;
+		struct xs_policy *p;
+
+		if (i >= count)
+			break;
+		p = xs_policies.lookup(&slot);
+		if (!p)
+			break;
+		if (p->direction == XS_DIR_OUT) {
+			if (m->out.found || policy_mismatch(p, pkt))
+				continue;
+			spd_take(&m->out, p);
+			/* an OUT PROTECT or DISCARD decides without looking at IN policies */
+			if (p->action != XS_ACT_BYPASS)
+				break;
+		} else {
+			if (m->in.found || policy_mismatch(p, pkt))
+				continue;
+			spd_take(&m->in, p);
+		}
+		if (m->out.found && m->in.found)
+			break;
+	}
+}
+
+#endif /* XDPSEC_SPD_H */
