@@ -12,7 +12,11 @@ strongSwan's libipsec does the same with a TUN device (`ipsec0`) and table 220. 
 * the coordinator's own lookups of the peers' addresses carry BYPASS_MARK (rule 219 sends them to `main`),
   otherwise the ESP packets themselves would be routed back into the veth;
 * `xdps0` is NOARP (no neighbour discovery toward our own veth), has checksum offload off (a partial checksum
-  would be encrypted as is and fail at the far end) and rp_filter off.
+  would be encrypted as is and fail at the far end) and rp_filter off;
+* the routes carry an MTU below the uplinks' by the worst ESP overhead (ROUTE_MTU_OVERHEAD), so the host's own
+  TCP picks segments that fit after encapsulation (strongSwan gives `ipsec0` MTU 1400 for the same reason);
+  the device itself keeps the full MTU so decapsulated packets of any size can be delivered. `accept_local`
+  lets the "fragmentation needed" a worker sends from the host's own address through, should one be needed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ TABLE = 220
 RULE_PREF = 220
 BYPASS_PREF = 219
 BYPASS_MARK = 0x78647073  # "xdps": lookups with this mark ignore table 220
+#: Worst-case bytes ESP adds: IPv6 outer header 40, UDP encapsulation 8, SPI and sequence 8, AES-CBC IV 16,
+#: padding up to 15 and its 2 trailer bytes, HMAC-SHA-512-256 ICV 32 = 121, rounded up.
+ROUTE_MTU_OVERHEAD = 128
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,6 +69,7 @@ class LocalPath:
         for dev in (KERNEL_END, DATAPATH_END):
             _ip("link", "set", dev, "mtu", str(self.mtu))
             _sysctl(f"net.ipv4.conf.{dev}.rp_filter", "0")
+            _sysctl(f"net.ipv4.conf.{dev}.accept_local", "1")
             _sysctl(f"net.ipv6.conf.{dev}.accept_dad", "0")
         _ip("link", "set", KERNEL_END, "arp", "off")
         subprocess.run(["ethtool", "-K", KERNEL_END, "tx", "off"], capture_output=True)
@@ -73,7 +81,8 @@ class LocalPath:
                 _ip(fam, "rule", "add", *rule)
                 self.rules.append((fam, *rule))
         for net, src in routes:
-            args = ["route", "replace", str(net), "dev", KERNEL_END, "table", str(TABLE)]
+            args = ["route", "replace", str(net), "dev", KERNEL_END, "table", str(TABLE),
+                    "mtu", str(self.mtu - ROUTE_MTU_OVERHEAD)]
             if src is not None:
                 args += ["src", str(src)]
             _ip(*args)
