@@ -77,6 +77,10 @@ class Worker:
         self.stop = False
         self._logged: set[str] = set()
         self._pending: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        # Frames each socket's fill ring is owed: exactly what it delivered. Every socket keeps its initial
+        # share and the rest of the UMEM stays free for frames being built and sent; topping fill rings up
+        # to their size instead would let them swallow every frame and leave none to transmit.
+        self._refill = [0] * len(spec.sockets)
 
     # --- sequence numbers ------------------------------------------------------------------------------------
     def _reserve_for(self, index: int):
@@ -228,9 +232,11 @@ class Worker:
                 self.umem.free(addr)
                 self.core.count_drop(DropReason.TX_FULL)
             descs.clear()
-        for _slot, sock in self.spec.sockets:
+        refill = self._refill
+        for i, (_slot, sock) in enumerate(self.spec.sockets):
             sock.complete()
-            sock.fill()
+            if refill[i]:
+                refill[i] -= sock.fill(refill[i])
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
@@ -245,10 +251,11 @@ class Worker:
         rounds = 0
         while not self.stop:
             n = 0
-            for slot, sock in self.spec.sockets:
+            for i, (slot, sock) in enumerate(self.spec.sockets):
                 descs = sock.recv(BATCH)
                 if descs:
                     n += len(descs)
+                    self._refill[i] += len(descs)
                     self._rx(slot, descs)
             n += self._drain_handoff()
             self._flush()
