@@ -202,8 +202,13 @@ def test_replayed_and_tampered_esp_are_dropped_and_counted(pair):
               and p[IP].dst == lab.addr["gwB"]["wan_v4"]]
     assert frames, "no ESP captured toward gwB"
     replayed = frames[0]
+    # A forgery must carry a sequence number the window has not seen, or the replay check (which RFC 4303
+    # §3.4.3 puts first) rejects it before the ICV is even looked at: move it ahead, and flip a ciphertext bit.
     tampered = bytearray(frames[-1])
-    tampered[len(Ether()) + 20 + 8 + 8 + 4] ^= 0x01  # a ciphertext bit after SPI, seq and the 8-byte IV
+    seq_off = len(Ether()) + 20 + 4
+    seq = int.from_bytes(tampered[seq_off:seq_off + 4], "big")
+    tampered[seq_off:seq_off + 4] = (seq + 1000).to_bytes(4, "big")
+    tampered[seq_off + 4 + 8 + 4] ^= 0x01  # a ciphertext bit after the sequence number and the 8-byte IV
     before = sa_row(gws, gb, "in")["drops"]
     lab.run("gwA", sys.executable, "-c", _INJECT, "wan0", replayed.hex(), replayed.hex(), bytes(tampered).hex())
     deadline = time.monotonic() + 5
