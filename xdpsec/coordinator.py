@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import os
 import queue
 import signal
 import sys
@@ -105,6 +106,7 @@ class Gateway:
         self._lock = threading.Lock()
         self.attached: list[str] = []
         self.nworkers = 0
+        self.wake_fds: list[int] = []
         self.localpath: LocalPath | None = None
         self.local_slot: int | None = None
         self.local_kernel_mac = b""
@@ -138,6 +140,9 @@ class Gateway:
             for b in range(self.nworkers):
                 if a != b:
                     self.rings[(a, b)] = HandoffRing(HANDOFF_SLOTS, 2048)
+        # A worker sleeping in poll() is woken by its eventfd when another hands it frames; created here, once,
+        # so restarted workers inherit the same ones.
+        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.nworkers)]
         for wid in range(self.nworkers):
             self.workers.append(WorkerHandle(wid))
             self._spawn(self.workers[-1])
@@ -202,7 +207,8 @@ class Gateway:
             wid=wid, ports=self.ports, umem=umem, sockets=sockets,
             handoff_in=[self.rings[(a, wid)] for a in range(n) if a != wid],
             handoff_out={b: self.rings[(wid, b)] for b in range(n) if b != wid},
-            seqstore=self.seqstore, fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
+            seqstore=self.seqstore, wake_fd=self.wake_fds[wid],
+            wake_out={b: self.wake_fds[b] for b in range(n) if b != wid}, fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=worker_main, args=(spec, child, log.getEffectiveLevel()),
                                 name=f"xdpsec-worker{wid}", daemon=True)
@@ -442,6 +448,9 @@ class Gateway:
             self.netlink.close()
         if self.seqstore is not None:
             self.seqstore.close()
+        for fd in self.wake_fds:
+            os.close(fd)
+        self.wake_fds = []
         log.info("gateway %s stopped", self.instance)
 
 

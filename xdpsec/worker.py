@@ -42,7 +42,7 @@ TX_OFFSET = 256  # where a frame we build starts inside its 2048-byte UMEM frame
 TAG = struct.Struct("<HIHh")
 COMMAND_EVERY = 16  # rounds between looks at the command pipe while busy
 IDLE_ROUNDS = 8  # empty rounds before sleeping in poll()
-IDLE_WAIT_MS = 1  # handoff rings have no fd to wake us: sleep briefly, not forever
+IDLE_WAIT_MS = 100  # poll() timeout when idle: sockets, the command pipe and the handoff eventfd wake us
 
 
 @dataclass
@@ -56,6 +56,8 @@ class WorkerSpec:
     handoff_in: list[HandoffRing]
     handoff_out: dict[int, HandoffRing]  # owner worker -> ring
     seqstore: SeqStore
+    wake_fd: int = -1  # eventfd other workers signal after handing frames to this one
+    wake_out: dict[int, int] = field(default_factory=dict)  # owner worker -> its wake_fd
     fill_per_socket: int = 1024
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +78,7 @@ class Worker:
         self.handoff_out_count = 0
         self.stop = False
         self._logged: set[str] = set()
+        self._to_wake: set[int] = set()
         self._pending: dict[int, list[tuple[int, int]]] = defaultdict(list)
         # Frames each socket's fill ring is owed: exactly what it delivered. Every socket keeps its initial
         # share and the rest of the UMEM stays free for frames being built and sent; topping fill rings up
@@ -202,6 +205,7 @@ class Worker:
                 ring = self.spec.handoff_out.get(owner)
                 if ring is not None and ring.push(TAG.pack(kind, sa_index, l3_off, slot), buf[addr:addr + length]):
                     self.handoff_out_count += 1
+                    self._to_wake.add(owner)
                 else:
                     self.core.count_drop(DropReason.HANDOFF_FULL)
             else:
@@ -223,6 +227,15 @@ class Worker:
         return n
 
     def _flush(self) -> None:
+        # One eventfd write per owner per round, not per frame: the owner may be asleep in poll().
+        for owner in self._to_wake:
+            fd = self.spec.wake_out.get(owner, -1)
+            if fd >= 0:
+                try:
+                    os.eventfd_write(fd, 1)
+                except BlockingIOError:  # counter saturated: the owner has plenty of wake-ups pending
+                    pass
+        self._to_wake.clear()
         for slot, descs in self._pending.items():
             if not descs:
                 continue
@@ -247,6 +260,8 @@ class Worker:
         for _slot, sock in self.spec.sockets:
             poller.register(sock.fd, select.POLLIN)
         poller.register(self.conn.fileno(), select.POLLIN)
+        if self.spec.wake_fd >= 0:
+            poller.register(self.spec.wake_fd, select.POLLIN)
         idle = 0
         rounds = 0
         while not self.stop:
@@ -268,7 +283,12 @@ class Worker:
             idle += 1
             self._commands()
             if idle >= IDLE_ROUNDS:
-                poller.poll(IDLE_WAIT_MS if self.spec.handoff_in else 100)
+                for fd, _ev in poller.poll(IDLE_WAIT_MS):
+                    if fd == self.spec.wake_fd:
+                        try:
+                            os.eventfd_read(fd)
+                        except BlockingIOError:
+                            pass
 
 
 #: struct xs_meta (bpf/include/xdpsec_abi.h) as struct.unpack_from reads it: a few times faster per frame than
