@@ -503,7 +503,8 @@ class Lab:
                 timeout: float = 5) -> Capture:
         """Start tcpdump on an interface; returns once it is listening. Read the pcap with scapy's rdpcap."""
         path = self._tmpdir() / f"{node}-{iface}-{len(self._procs)}.pcap"
-        cmd = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path)]
+        # -B: a 16 MiB kernel buffer, so that full-rate transfers lose as little of the capture as possible.
+        cmd = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-B", "16384", "-Z", "root", "-w", str(path)]
         if count is not None:
             cmd += ["-c", str(count)]
         if filter:

@@ -7,6 +7,7 @@ the wire between the gateways carries, and what the gateways count. Traffic is b
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -89,10 +90,12 @@ def test_tunnel_carries_ipv4_and_ipv6(pair, proposal):
     send_marker_ping(lab, "hostA", lab.addr["hostB"]["v4"])
     xfer = lab.tcp_transfer("hostA", "hostB", lab.addr["hostB"]["v4"], size=20 * 2**20, timeout=120)
     assert xfer.ok, xfer
-    xfer6 = lab.tcp_transfer("hostA", "hostB", lab.addr["hostB"]["v6"], size=5 * 2**20, timeout=120)
+    xfer6 = lab.tcp_transfer("hostA", "hostB", lab.addr["hostB"]["v6"], size=20 * 2**20, timeout=120)
     assert xfer6.ok, xfer6
     seen = wire(cap.stop(), wan_a, wan_b)
-    assert seen["esp"] > 20 * 2**20 // 1500 and seen["other"] == 0 and seen["marker"] == 0, seen
+    # What the capture proves is the kind of traffic, not its amount: tcpdump may miss packets at full rate,
+    # so the count only has to show the transfers crossed; the SA counters below account for every packet.
+    assert seen["esp"] > 5000 and seen["other"] == 0 and seen["marker"] == 0, seen
     out = sa_row(gws, ga, "out")
     inb = sa_row(gws, gb, "in")
     assert out["transform"] == proposal and out["packets"] >= 20 * 2**20 // 1500
@@ -221,3 +224,26 @@ def test_replayed_and_tampered_esp_are_dropped_and_counted(pair):
     assert drops.get("auth_failed", 0) >= before.get("auth_failed", 0) + 1, drops
     ping = lab.ping("hostA", dst, count=3)
     assert ping.received >= 2, ping  # the tunnel keeps working
+
+
+def test_path_mtu_after_esp_overhead(pair):
+    """DF too big after ESP → ICMP with the MTU that fits (RFC 1191 / RFC 8201); no DF → fragmented, delivered."""
+    lab, gws, (ga, gb) = pair(PairSpec(mode="tunnel", proposal="aes128gcm16", workers=1))
+    b4, b6 = lab.addr["hostB"]["v4"], lab.addr["hostB"]["v6"]
+    assert lab.ping("hostA", b4, count=2).received >= 1  # next hops resolved
+    out = lab.run("hostA", "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1472", b4, check=False).stdout
+    mtu4 = int(re.search(r"mtu ?= ?(\d+)", out)[1])
+    assert 1300 <= mtu4 < 1500, out
+    fits = lab.run("hostA", "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", str(mtu4 - 28), b4, check=False)
+    assert " 0% packet loss" in fits.stdout, fits.stdout
+    assert gws.query(ga, "stats")["workers"][0]["drops"].get("too_big", 0) >= 1
+    # Without DF the gateway fragments the inner packet before encryption and hostB reassembles it.
+    big = lab.run("hostA", "ping", "-n", "-c", "2", "-W", "1", "-M", "dont", "-s", "1472", b4, check=False)
+    assert " 0% packet loss" in big.stdout, big.stdout
+    out6 = lab.run("hostA", "ping", "-6", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1452", b6,
+                   check=False).stdout
+    mtu6 = int(re.search(r"mtu ?= ?(\d+)", out6)[1])
+    assert 1280 <= mtu6 < 1500, out6
+    fits6 = lab.run("hostA", "ping", "-6", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", str(mtu6 - 48), b6,
+                    check=False)
+    assert " 0% packet loss" in fits6.stdout, fits6.stdout
