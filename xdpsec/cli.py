@@ -73,25 +73,18 @@ def _instance(name: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        from xdpsec.coordinator import run_main
+        from xdpsec.coordinator import run_main  # lazily: only `run` needs bcc, workers and netlink
     except ModuleNotFoundError as e:
-        if e.name != "xdpsec.coordinator":
+        if e.name != "bcc":
             raise
-        return _fail(
-            ExitCode.USAGE, "run: this build of xdpsec has no gateway (xdpsec.coordinator is missing)"
-        )
+        return _fail(ExitCode.USAGE, "run: bcc is not installed: install Debian's python3-bpfcc "
+                     "(PyPI has no real bcc) or run scripts/setup.sh")
     return run_main(args)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        from xdpsec.config import check_main
-    except ModuleNotFoundError as e:
-        if e.name != "xdpsec.config":
-            raise
-        return _fail(
-            ExitCode.USAGE, "check: this build of xdpsec has no configuration checker (xdpsec.config)"
-        )
+    from xdpsec.config import check_main
+
     return check_main(["-c", str(args.config)] + (["--json"] if args.json else []))
 
 

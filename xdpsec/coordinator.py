@@ -57,6 +57,7 @@ ROUTE_REFRESH = 30.0  # seconds between re-resolving known next hops (neighbours
 RESOLVE_RETRY = 0.5  # do not ask the kernel about the same unresolved destination more often than this
 RESOLVE_QUEUE = 1024
 QUERY_TIMEOUT = 2.0
+RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after starting is restarted this much later
 
 
 @dataclass
@@ -284,6 +285,8 @@ class Gateway:
     def _restart(self, handle: WorkerHandle) -> None:
         code = handle.proc.exitcode
         log.error("worker %d (pid %s) died with exit code %s; restarting it", handle.wid, handle.proc.pid, code)
+        if time.time() - handle.started < RESTART_BACKOFF:
+            time.sleep(RESTART_BACKOFF)  # a worker that dies at once would otherwise be restarted in a tight loop
         handle.conn.close()
         handle.restarts += 1
         self._spawn(handle)
