@@ -1,0 +1,102 @@
+"""What the IKE core needs to know about a connection: the contract between the TOML loader and the core.
+
+xdpsec/config.py builds these from the configuration; xdpsec/ike/ consumes them and nothing else of the config.
+Key material is opaque bytes (PEM or DER, parsed only in xdpsec/crypto/auth.py) and never part of repr().
+Names follow swanctl.conf: a connection has `local`/`remote` authentication rounds and `children`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from xdpsec.sa import IPAddress, Mode, Protocol, TrafficSelector, Transform
+
+
+class StartAction(enum.Enum):
+    NONE = "none"    # wait for the peer (or `xdpsec initiate`)
+    START = "start"  # initiate when the gateway starts
+    TRAP = "trap"    # initiate when the first packet matches the child's PROTECT policy
+
+
+class DpdAction(enum.Enum):
+    CLEAR = "clear"      # tear down and forget
+    RESTART = "restart"  # tear down and initiate again
+    TRAP = "trap"        # tear down and wait for traffic
+
+
+class AuthMethod(enum.Enum):
+    PSK = "psk"
+    PUBKEY = "pubkey"  # certificates: RSA (PKCS#1 v1.5 / PSS), ECDSA, Ed25519, via RFC 7427 when the peer supports it
+
+
+@dataclass(frozen=True)
+class IkeProposal:
+    """One IKE SA proposal, strongSwan syntax `aes256gcm16-prfsha384-x25519`. IDs are IKEv2 transform IDs."""
+
+    encr: int                 # ENCR_* (RFC 7296 §3.3.2 / IANA)
+    encr_key_bits: int        # 128 / 256 (0 for ciphers with a fixed key size, e.g. ChaCha20-Poly1305 -> 256)
+    integ: int | None         # AUTH_* or None for AEAD
+    prf: int                  # PRF_*
+    ke: int                   # key exchange group (Transform Type 4)
+
+
+@dataclass(frozen=True)
+class ChildProposal:
+    """One child SA proposal: the ESP/AH transform and, for PFS in CREATE_CHILD_SA, a key exchange group."""
+
+    protocol: Protocol
+    transform: Transform
+    ke: int | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity (RFC 7296 §3.5): ID type (IKEv2 ID Type number) and its data as sent on the wire."""
+
+    id_type: int
+    data: bytes
+    text: str = ""  # as configured, for humans and logs
+
+
+@dataclass(frozen=True)
+class AuthRound:
+    """One side's authentication: how it proves itself (local) or must prove itself (remote)."""
+
+    method: AuthMethod
+    identity: Identity | None = None        # None on the remote side: accept any identity that authenticates
+    psk: bytes = field(default=b"", repr=False)
+    private_key: bytes = field(default=b"", repr=False)   # PEM or DER, local side with PUBKEY
+    certs: tuple[bytes, ...] = ()            # DER: our end-entity certificate first, then intermediates
+    cacerts: tuple[bytes, ...] = ()          # DER: trust anchors for the peer's chain (remote side)
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    name: str
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    mode: Mode = Mode.TUNNEL
+    proposals: tuple[ChildProposal, ...] = ()
+    start_action: StartAction = StartAction.NONE
+    dpd_action: DpdAction = DpdAction.CLEAR
+    replay_window: int = 1024
+
+
+@dataclass(frozen=True)
+class IkeConnConfig:
+    name: str
+    local_addrs: tuple[IPAddress, ...]
+    remote_addrs: tuple[IPAddress, ...]      # empty: accept any peer (responder only)
+    proposals: tuple[IkeProposal, ...]
+    local: AuthRound
+    remote: AuthRound
+    children: tuple[ChildConfig, ...]
+    encap: bool = False                       # force UDP encapsulation (RFC 3948) as if behind a NAT
+    local_port: int = 500
+    remote_port: int = 500
+    dpd_delay: float = 0.0                    # seconds of silence before a liveness check; 0 = off
+    dpd_timeout: float = 0.0                  # unused in IKEv2 (retransmissions decide), kept for swanctl users
+    retransmit_timeout: float = 4.0           # RFC 7296 §2.1 back-off: 4 s, then x1.8 per try (strongSwan's)
+    retransmit_tries: int = 5
+    keyingtries: int = 1
