@@ -97,6 +97,10 @@ class Gateway:
         self.sas: dict[int, InstalledSA] = {}
         self.child_ids: dict[str, int] = {}
         self.child_out: dict[str, int] = {}  # child -> outbound SA index
+        self.child_sas: dict[str, tuple[int, int]] = {}  # child -> (outbound, inbound) SA indices
+        self._sa_index = itertools.count(1)
+        self._sa_lock = threading.RLock()
+        self._manual_children = {child for child, _o, _i in cfg.manual_sas()}
         self.policies = cfg.policies()
         self.seqstore: SeqStore | None = None
         self.routes: dict[bytes, Route | None] = {}
@@ -149,13 +153,13 @@ class Gateway:
             self._spawn(self.workers[-1])
 
         self._install_manual_sas()
+        for pol in self.policies:  # children keyed later (IKE) get their entry now: PROTECT without SA drops
+            if pol.child and pol.child not in self.child_ids:
+                self.child_ids[pol.child] = len(self.child_ids) + 1
         cl.set_policies(self.policies, self.child_ids)
 
         threading.Thread(target=self._pump, name="pump", daemon=True).start()
         threading.Thread(target=self._resolver, name="resolver", daemon=True).start()
-        for sa in self.sas.values():  # learn the peers' next hops before the first packet needs them
-            if sa.params.direction == Direction.OUT:
-                self._want_route(sa.params.remote.packed)
 
         for slot in sorted(self.ports):
             name = self.ports[slot].name
@@ -228,25 +232,84 @@ class Gateway:
                  ", ".join(f"{self.ports[s].name}/q{q}" for s, q in handle.sockets))
 
     def _install_manual_sas(self) -> None:
-        index = itertools.count(1)
-        for n, (child, out_p, in_p) in enumerate(self.cfg.manual_sas()):
-            owner_out = n % self.nworkers
-            owner_in = (n + 1) % self.nworkers  # spread the two directions of a child over the workers
-            self.child_ids[child] = len(self.child_ids) + 1
-            for params, owner in ((out_p, owner_out), (in_p, owner_in)):
-                sa = InstalledSA(next(index), child, params, owner, self.seqstore.slot_for(params))
-                self.sas[sa.index] = sa
-                self._send_sa(sa)
-                if params.direction == Direction.OUT:
-                    self.child_out[child] = sa.index
-                    self.classifier.set_child_sa(self.child_ids[child], sa.index, owner)
-                else:
-                    self.classifier.set_sa_in(params.spi, int(params.protocol), sa.index, owner,
-                                              params.encap is not None)
+        for child, out_p, in_p in self.cfg.manual_sas():
+            self.install_child(child, out_p, in_p, wait=False)  # workers take them before XDP is attached
 
-    def _send_sa(self, sa: InstalledSA) -> None:
+    # --- the data-plane seam: what manual keying and IKE both use ------------------------------------------
+    def install_child(self, child: str, out_p: SAParams, in_p: SAParams, *, wait: bool = True) -> None:
+        """Install a child's SA pair (replacing one it had) so that no packet is sent in clear or dropped for
+        want of an SA: the inbound SA first (the peer may use it as soon as it has its own), then the outbound
+        one in its worker, and only once the worker has confirmed it, the classifier's child entry that makes
+        XDP steer the child's traffic to it. The old outbound SA is removed after the switch."""
+        with self._sa_lock:
+            if child not in self.child_ids:
+                self.child_ids[child] = len(self.child_ids) + 1
+            n = self.child_ids[child] - 1
+            old = self.child_sas.get(child, ())
+            out_sa = self._new_sa(child, out_p, owner=n % self.nworkers)
+            in_sa = self._new_sa(child, in_p, owner=(n + 1) % self.nworkers)  # two directions, two cores
+        self._send_sa(in_sa, wait)
+        self.classifier.set_sa_in(in_p.spi, int(in_p.protocol), in_sa.index, in_sa.owner, in_p.encap is not None)
+        self._send_sa(out_sa, wait)
+        self.classifier.set_child_sa(self.child_ids[child], out_sa.index, out_sa.owner)
+        with self._sa_lock:
+            self.child_sas[child] = (out_sa.index, in_sa.index)
+            self.child_out[child] = out_sa.index
+        for index in old:
+            self._delete_sa(index, clear_child=False)
+        self._want_route(out_p.remote.packed)
+
+    def remove_child(self, child: str) -> None:
+        """Tear a child's SAs down: stop steering first (its traffic then drops as no_sa, never goes out in
+        clear), then forget the inbound SPI, then the SAs themselves."""
+        with self._sa_lock:
+            indices = self.child_sas.pop(child, ())
+            self.child_out.pop(child, None)
+        if child in self.child_ids:
+            self.classifier.clear_child_sa(self.child_ids[child])
+        for index in indices:
+            self._delete_sa(index, clear_child=False)
+
+    def _new_sa(self, child: str, params: SAParams, owner: int) -> InstalledSA:
+        sa = InstalledSA(next(self._sa_index), child, params, owner, self.seqstore.slot_for(params))
+        self.sas[sa.index] = sa
+        return sa
+
+    def _delete_sa(self, index: int, *, clear_child: bool) -> None:
+        with self._sa_lock:
+            sa = self.sas.pop(index, None)
+        if sa is None:
+            return
+        if sa.params.direction == Direction.IN:
+            self.classifier.del_sa_in(sa.params.spi, int(sa.params.protocol))
+        self._send(sa.owner, ("del", index, 0))
+        if not self.cfg_is_manual(sa.child):
+            self.seqstore.release(sa.seq_slot)  # negotiated keys are never used again
+
+    def cfg_is_manual(self, child: str) -> bool:
+        return child in self._manual_children
+
+    def spi_in_use(self, spi: int) -> bool:
+        with self._sa_lock:
+            return any(sa.params.spi == spi for sa in self.sas.values())
+
+    def _send_sa(self, sa: InstalledSA, wait: bool) -> None:
         op = "add_out" if sa.params.direction == Direction.OUT else "add_in"
-        self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot))
+        if not wait:
+            self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot, 0))
+            return
+        req, fut = self._future()
+        self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot, req))
+        try:
+            fut.result(timeout=QUERY_TIMEOUT)
+        except FutureTimeout:
+            log.warning("worker %d did not confirm SA %d in time; installing anyway", sa.owner, sa.index)
+
+    def _future(self) -> tuple[int, Future]:
+        req = next(self._req)
+        fut: Future = Future()
+        self.futures[req] = fut
+        return req, fut
 
     def _send(self, wid: int, msg: tuple) -> None:
         handle = self.workers[wid]
@@ -290,9 +353,9 @@ class Gateway:
         handle.conn.close()
         handle.restarts += 1
         self._spawn(handle)
-        for sa in self.sas.values():
+        for sa in list(self.sas.values()):
             if sa.owner == handle.wid:
-                self._send_sa(sa)
+                self._send_sa(sa, wait=False)
         for dst, route in list(self.routes.items()):
             self._send(handle.wid, ("route", dst, route))
 
@@ -357,10 +420,7 @@ class Gateway:
     def _query_workers(self) -> dict[int, dict]:
         futs = {}
         for h in self.workers:
-            req = next(self._req)
-            fut = Future()
-            self.futures[req] = fut
-            futs[h.wid] = fut
+            req, futs[h.wid] = self._future()
             self._send(h.wid, ("query", req))
         out = {}
         deadline = time.monotonic() + QUERY_TIMEOUT
@@ -374,7 +434,9 @@ class Gateway:
     def _cmd_sas(self, _args: dict) -> list[dict]:
         snaps = self._query_workers()
         rows = []
-        for sa in sorted(self.sas.values(), key=lambda s: s.index):
+        with self._sa_lock:
+            installed = sorted(self.sas.values(), key=lambda s: s.index)
+        for sa in installed:
             p = sa.params
             live = ((snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
             row = {"index": sa.index, "name": p.name or sa.child, "direction": p.direction.value,

@@ -102,17 +102,21 @@ class Worker:
     def handle(self, msg: tuple) -> None:
         op = msg[0]
         if op == "add_out":
-            _, index, params, slot = msg
+            _, index, params, slot, req = msg
             self.seq_slot[index] = slot
             next_seq = self.spec.seqstore.reserved(slot) + 1
             self.core.add_outbound(index, params, next_seq=next_seq, reserve=self._reserve_for(index))
+            self._ack(req)
         elif op == "add_in":
-            _, index, params, slot = msg
+            _, index, params, slot, req = msg
             self.seq_slot[index] = slot
             self.core.add_inbound(index, params, highest_seq=self.spec.seqstore.highest_seen(slot))
+            self._ack(req)
         elif op == "del":
-            self.core.remove(msg[1])
-            self.seq_slot.pop(msg[1], None)
+            _, index, req = msg
+            self.core.remove(index)
+            self.seq_slot.pop(index, None)
+            self._ack(req)
         elif op == "route":
             self.core.set_route(msg[1], msg[2])
         elif op == "unresolved":
@@ -123,6 +127,11 @@ class Worker:
             self.conn.send(("reply", msg[1], self.snapshot()))
         elif op == "stop":
             self.stop = True
+
+    def _ack(self, req: int) -> None:
+        """Tell the coordinator a change is in place (0: nobody waits for it)."""
+        if req:
+            self.conn.send(("reply", req, True))
 
     def snapshot(self) -> dict:
         core = self.core
