@@ -52,6 +52,7 @@ QUERIES = {
     "policies": "list SPD policies in evaluation order with hit counts",
     "stats": "per-worker and classifier counters, drops by reason",
     "status": "instance, uptime, interfaces and sizes",
+    "ike-sas": "list IKE SAs: peer, state, SPIs, algorithms, children",
 }
 
 
@@ -108,6 +109,26 @@ def cmd_query(args: argparse.Namespace) -> int:
             f"{args.command}: cannot display the gateway's answer ({type(e).__name__}: {e}); try --json",
         )
     print(text)
+    return ExitCode.OK
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    """initiate / terminate: ask the gateway's IKE thread to act; the outcome shows in `sas` and the log."""
+    path = args.socket or socket_path(args.instance)
+    req = {"conn": args.conn}
+    if getattr(args, "child", None):
+        req["child"] = args.child
+    try:
+        result = request(path, args.command, req)
+    except Unreachable as e:
+        return _fail(ExitCode.UNREACHABLE, str(e))
+    except ControlError as e:
+        return _fail(ExitCode.GATEWAY_ERROR, str(e))
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        what = args.conn + (f"/{args.child}" if getattr(args, "child", None) else "")
+        print(f"{args.command} {what}: requested (watch `xdpsec ike-sas` and `xdpsec sas`)")
     return ExitCode.OK
 
 
@@ -169,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--json", action="store_true", help="print the gateway's result as JSON")
     for name, summary in QUERIES.items():
         add(name, summary, cmd_query, parents=[target])
+
+    initiate = add("initiate", "negotiate a connection's IKE SA and a child (swanctl --initiate)", cmd_action,
+                   parents=[target])
+    initiate.add_argument("conn", help="connection name")
+    initiate.add_argument("child", nargs="?", help="child name (default: the connection's children)")
+    terminate = add("terminate", "delete a connection's IKE SA and its children (swanctl --terminate)", cmd_action,
+                    parents=[target])
+    terminate.add_argument("conn", help="connection name")
 
     add("version", "print the xdpsec version", cmd_version)
     return parser

@@ -192,7 +192,24 @@ def render_status(status: Mapping[str, Any]) -> str:
     return "\n".join(summary) + "\n\n" + "\n".join(interfaces)
 
 
+def render_ike_sas(ike_sas: Sequence[Mapping[str, Any]]) -> str:
+    """One row per IKE SA, columns as the core reports them (scalars shown, lists joined)."""
+    if not ike_sas:
+        return "no IKE SAs"
+    keys = list(dict.fromkeys(k for sa in ike_sas for k in sa))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ",".join(cell(x) for x in v) or "-"
+        if isinstance(v, Mapping):
+            return ",".join(f"{k}={cell(x)}" for k, x in v.items()) or "-"
+        return num(v) if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+    return "\n".join(align([[k.upper() for k in keys]] + [[cell(sa.get(k, "")) for k in keys] for sa in ike_sas]))
+
+
 RENDERERS = {
+    "ike-sas": render_ike_sas,
     "sas": render_sas,
     "policies": render_policies,
     "stats": render_stats,

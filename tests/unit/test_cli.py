@@ -298,3 +298,57 @@ def test_check_hands_its_arguments_to_config(capsys, monkeypatch, argv, passed):
     monkeypatch.setitem(sys.modules, "xdpsec.config", fake)
     assert run(capsys, "check", *argv)[0] == 2  # check_main's exit code is the command's
     assert seen == [passed]
+
+
+# -- IKE commands ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ike_gateway():
+    """A fake gateway that records the arguments of initiate/terminate and knows one connection."""
+    d = Path(tempfile.mkdtemp(prefix="xst-cli-", dir="/tmp"))
+    seen: list[tuple[str, dict]] = []
+
+    def action(cmd):
+        def handle(args):
+            seen.append((cmd, args))
+            if args.get("conn") != "site":
+                raise ControlError(f"unknown connection {args.get('conn')!r} (configured: site)")
+            return {"ok": cmd}
+        return handle
+
+    ike = [{"conn": "site", "state": "established", "peer": "192.0.2.2:4500", "children": ["net"]}]
+    server = ControlServer(d / "gw.sock", {"initiate": action("initiate"), "terminate": action("terminate"),
+                                           "ike-sas": lambda _a: ike})
+    server.start()
+    try:
+        yield server.path, seen
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_initiate_and_terminate_pass_connection_and_child(capsys, ike_gateway):
+    path, seen = ike_gateway
+    code, out, _ = run(capsys, "initiate", "-s", str(path), "site", "net")
+    assert code == 0 and "initiate site/net: requested" in out
+    code, _, _ = run(capsys, "terminate", "-s", str(path), "site")
+    assert code == 0
+    assert seen == [("initiate", {"conn": "site", "child": "net"}), ("terminate", {"conn": "site"})]
+
+
+def test_initiate_unknown_connection_is_one_line_exit_1(capsys, ike_gateway):
+    path, _ = ike_gateway
+    code, out, err = run(capsys, "initiate", "-s", str(path), "nope")
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "unknown connection 'nope'" in err
+
+
+def test_ike_sas_table_and_json(capsys, ike_gateway):
+    path, _ = ike_gateway
+    code, out, _ = run(capsys, "ike-sas", "-s", str(path))
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["CONN", "STATE", "PEER", "CHILDREN"]
+    assert row.split() == ["site", "established", "192.0.2.2:4500", "net"]
+    code, out, _ = run(capsys, "ike-sas", "-s", str(path), "--json")
+    assert json.loads(out)[0]["state"] == "established"
