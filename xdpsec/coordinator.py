@@ -113,6 +113,7 @@ class Gateway:
         self.nworkers = 0
         self.wake_fds: list[int] = []
         self.localpath: LocalPath | None = None
+        self.ike = None
         self.local_slot: int | None = None
         self.local_kernel_mac = b""
 
@@ -170,6 +171,12 @@ class Gateway:
             cl.pin(str(pins))
         except OSError as exc:  # bpffs hidden (e.g. under `ip netns exec`): the gateway still works
             log.warning("not pinning maps under %s: %s", pins, exc)
+        ike_conns = self.cfg.ike_connections() if hasattr(self.cfg, "ike_connections") else []
+        if ike_conns:  # after XDP is attached: negotiated SAs go into a running data path
+            from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
+            self.ike = IkeService(ike_conns, install=self.install_child, remove=self.remove_child,
+                                  spi_in_use=self.spi_in_use)
+            self.ike.start()
         self.control = ControlServer(socket_path(self.instance), self._handlers())
         self.control.start()
         log.info("gateway %s up: %d interface(s), %d worker(s), %d SA(s), %d policies", self.instance,
@@ -415,7 +422,33 @@ class Gateway:
     # --- control socket ----------------------------------------------------------------------------------------
     def _handlers(self) -> dict:
         return {"sas": self._cmd_sas, "policies": self._cmd_policies, "stats": self._cmd_stats,
-                "status": self._cmd_status}
+                "status": self._cmd_status, "ike-sas": self._cmd_ike_sas, "initiate": self._cmd_initiate,
+                "terminate": self._cmd_terminate}
+
+    def _need_ike(self, args: dict) -> str:
+        if self.ike is None:
+            raise ControlError("no IKE connections are configured on this gateway")
+        conn = str(args.get("conn", ""))
+        if conn not in self.ike.conns:
+            known = ", ".join(sorted(self.ike.conns)) or "none"
+            raise ControlError(f"unknown connection {conn!r} (configured: {known})")
+        return conn
+
+    def _cmd_ike_sas(self, _args: dict) -> list[dict]:
+        return self.ike.ike_sas() if self.ike is not None else []
+
+    def _cmd_initiate(self, args: dict) -> dict:
+        conn = self._need_ike(args)
+        child = args.get("child")
+        if child is not None and child not in {c.name for c in self.ike.conns[conn].children}:
+            raise ControlError(f"connection {conn!r} has no child {child!r}")
+        self.ike.command("initiate", conn, child)
+        return {"initiating": conn, "child": child}
+
+    def _cmd_terminate(self, args: dict) -> dict:
+        conn = self._need_ike(args)
+        self.ike.command("terminate", conn)
+        return {"terminating": conn}
 
     def _query_workers(self) -> dict[int, dict]:
         futs = {}
@@ -487,6 +520,8 @@ class Gateway:
     # --- shutdown --------------------------------------------------------------------------------------------
     def stop(self) -> None:
         self.stopping.set()
+        if self.ike is not None:
+            self.ike.stop()
         cl = self.classifier
         if cl is not None:
             for name in self.attached:  # first: no frame is steered to a socket that is going away

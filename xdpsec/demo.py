@@ -19,27 +19,7 @@ import tempfile
 from pathlib import Path
 
 from xdpsec.lab import Lab, cleanup_stale
-from xdpsec.labconf import Gateways, PairSpec, host_sides, site_sides, write_pair
-
-MARKER = b"xdpsec-plaintext-marker-"
-
-
-def wire_report(pcap: Path, a: str, b: str) -> tuple[int, int, int]:
-    """(ESP packets, other IP packets between a and b, packets containing the plaintext marker)."""
-    from scapy.all import ESP, IP, UDP, IPv6, rdpcap  # scapy only where a capture is read
-
-    esp = other = leaked = 0
-    for pkt in rdpcap(str(pcap)):
-        if MARKER in bytes(pkt):
-            leaked += 1
-        ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
-        if ip is None or {ip.src, ip.dst} != {a, b}:
-            continue
-        if pkt.haslayer(ESP) or (pkt.haslayer(UDP) and pkt[UDP].dport == 4500):
-            esp += 1
-        else:
-            other += 1
-    return esp, other, leaked
+from xdpsec.labconf import MARKER, Gateways, PairSpec, host_sides, site_sides, wire_report, write_pair
 
 
 def _say(ok: bool, what: str) -> bool:
@@ -78,17 +58,17 @@ def run(queues: int = 2, size: int = 20 * 2**20) -> int:
         results.append(_say(ping4.received >= 4, f"ping IPv4: {ping4.received}/{ping4.sent} replies"))
         ping6 = lab.ping("hostA", lab.addr["hostB"]["v6"], count=5)
         results.append(_say(ping6.received >= 4, f"ping IPv6: {ping6.received}/{ping6.sent} replies"))
-        lab.run("hostA", "ping", "-c", "2", "-i", "0.2", "-W", "1", "-p", MARKER.hex()[:32],
+        lab.run("hostA", "ping", "-c", "2", "-i", "0.2", "-W", "1", "-p", MARKER.hex(),
                 lab.addr["hostB"]["v4"], check=False)
         xfer = lab.tcp_transfer("hostA", "hostB", lab.addr["hostB"]["v4"], size=size)
         results.append(_say(xfer.ok, f"TCP {xfer.bytes_sent / 2**20:.0f} MB, SHA-256 "
                                      f"{'matches' if xfer.ok else 'DIFFERS'} "
                                      f"({xfer.bytes_sent * 8 / xfer.seconds / 1e6:.0f} Mbit/s)"))
         pcap = cap.stop()
-        esp, other, leaked = wire_report(pcap, wan_a, wan_b)
-        results.append(_say(esp > 0 and other == 0 and leaked == 0,
-                            f"wire between gateways: {esp} ESP packets, {other} other IP packets, "
-                            f"{leaked} with the plaintext marker"))
+        seen = wire_report(pcap, wan_a, wan_b)
+        results.append(_say(seen["esp"] > 0 and seen["other"] == 0 and seen["marker"] == 0,
+                            f"wire between gateways: {seen['esp']} ESP packets, {seen['other']} other IP packets, "
+                            f"{seen['marker']} with the plaintext marker"))
         print("\ntransport mode (hostC -> hostD):")
         ping_t = lab.ping("hostC", lab.addr["hostD"]["v4"], count=5)
         results.append(_say(ping_t.received >= 4, f"ping IPv4: {ping_t.received}/{ping_t.sent} replies"))

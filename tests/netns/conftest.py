@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from xdpsec.lab import Lab
+from xdpsec.labconf import Gateways, PairSpec, host_sides, site_sides, write_pair
 
 TEST_PREFIX = "xst"
 TOOLS = ("ip", "nsenter", "sysctl", "ping", "tcpdump")
@@ -50,3 +51,32 @@ def make_lab():
 def lab(make_lab) -> Lab:
     """Both topologies, default queues (2) and MTU (1500)."""
     return make_lab()
+
+
+@pytest.fixture
+def pair(make_lab, tmp_path):
+    """pair(spec, topology="site"|"host", extra=(toml_a, toml_b)) -> (lab, gateways, node_a, node_b)."""
+    started: list[Gateways] = []
+
+    def up(spec: PairSpec, *, topology: str = "site", extra: tuple[str, str] = ("", ""), family: str = "v4"):
+        lab = make_lab(topology=topology)
+        if topology == "site":
+            a, b = site_sides(lab, workers=spec.workers)
+            nodes = ("gwA", "gwB")
+        else:
+            a, b = host_sides(lab, family=family)
+            nodes = ("hostC", "hostD")
+        a.extra, b.extra = extra
+        pa, pb = write_pair(tmp_path, a, b, spec)
+        gws = Gateways(lab)
+        started.append(gws)
+        gws.start(nodes[0], pa, a.instance)
+        gws.start(nodes[1], pb, b.instance)
+        gws.wait_ready()
+        return lab, gws, nodes
+
+    yield up
+    for gws in started:
+        codes = gws.stop()
+        # A gateway must stop cleanly on SIGTERM: nothing left behind is checked in test_lifecycle.
+        assert all(c == 0 for c in codes.values()), (codes, {n: gws.log(n) for n in codes})

@@ -12,71 +12,16 @@ import sys
 import time
 
 import pytest
-from scapy.all import AH, ESP, IP, UDP, Ether, IPv6, rdpcap
+from scapy.all import ESP, IP, Ether, rdpcap
 
-from xdpsec.labconf import Gateways, PairSpec, host_sides, site_sides, write_pair
+from xdpsec.labconf import MARKER, PairSpec
+from xdpsec.labconf import wire_report as wire
 from xdpsec.sa import Protocol
 
 pytestmark = pytest.mark.netns
 
-MARKER = b"xdpsec-e2e-plaintext-marker"
-
-
-@pytest.fixture
-def pair(make_lab, tmp_path):
-    """pair(spec, topology="site"|"host", extra=(toml_a, toml_b)) -> (lab, gateways, node_a, node_b)."""
-    started: list[Gateways] = []
-
-    def up(spec: PairSpec, *, topology: str = "site", extra: tuple[str, str] = ("", ""), family: str = "v4"):
-        lab = make_lab(topology=topology)
-        if topology == "site":
-            a, b = site_sides(lab, workers=spec.workers)
-            nodes = ("gwA", "gwB")
-        else:
-            a, b = host_sides(lab, family=family)
-            nodes = ("hostC", "hostD")
-        a.extra, b.extra = extra
-        pa, pb = write_pair(tmp_path, a, b, spec)
-        gws = Gateways(lab)
-        started.append(gws)
-        gws.start(nodes[0], pa, a.instance)
-        gws.start(nodes[1], pb, b.instance)
-        gws.wait_ready()
-        return lab, gws, nodes
-
-    yield up
-    for gws in started:
-        codes = gws.stop()
-        # A gateway must stop cleanly on SIGTERM: nothing left behind is checked in test_lifecycle.
-        assert all(c == 0 for c in codes.values()), (codes, {n: gws.log(n) for n in codes})
-
-
-def sa_row(gws: Gateways, node: str, direction: str) -> dict:
-    rows = [r for r in gws.query(node, "sas") if r["direction"] == direction]
-    assert len(rows) == 1, rows
-    return rows[0]
-
-
-def wire(pcap, a: str, b: str) -> dict[str, int]:
-    """Count what crossed between outer addresses a and b: ESP, AH, anything else, and marker leaks."""
-    seen = {"esp": 0, "ah": 0, "other": 0, "marker": 0}
-    for pkt in rdpcap(str(pcap)):
-        if MARKER in bytes(pkt):
-            seen["marker"] += 1
-        ip = pkt.getlayer(IP) or pkt.getlayer(IPv6)
-        if ip is None or {ip.src, ip.dst} != {a, b}:
-            continue
-        if pkt.haslayer(ESP) or (pkt.haslayer(UDP) and pkt[UDP].dport == 4500):
-            seen["esp"] += 1
-        elif pkt.haslayer(AH):
-            seen["ah"] += 1
-        else:
-            seen["other"] += 1
-    return seen
-
-
 def send_marker_ping(lab, src: str, dst: str) -> None:
-    lab.run(src, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-p", MARKER.hex()[:32], dst, check=False)
+    lab.run(src, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-p", MARKER.hex(), dst, check=False)
 
 
 @pytest.mark.parametrize("proposal", ["aes128gcm16", "aes128-sha256"])
@@ -96,8 +41,8 @@ def test_tunnel_carries_ipv4_and_ipv6(pair, proposal):
     # What the capture proves is the kind of traffic, not its amount: tcpdump may miss packets at full rate,
     # so the count only has to show the transfers crossed; the SA counters below account for every packet.
     assert seen["esp"] > 5000 and seen["other"] == 0 and seen["marker"] == 0, seen
-    out = sa_row(gws, ga, "out")
-    inb = sa_row(gws, gb, "in")
+    out = gws.sa(ga, "out")
+    inb = gws.sa(gb, "in")
     assert out["transform"] == proposal and out["packets"] >= 20 * 2**20 // 1500
     assert inb["packets"] >= out["packets"] * 0.99  # what gwA sent, gwB received (a few may be in flight)
     assert not inb["drops"], inb["drops"]
@@ -113,7 +58,7 @@ def test_transport_mode_between_hosts(pair):
     assert xfer.ok, xfer
     seen = wire(cap.stop(), lab.addr["hostC"]["v4"], lab.addr["hostD"]["v4"])
     assert seen["esp"] > 1000 and seen["other"] == 0 and seen["marker"] == 0, seen
-    assert sa_row(gws, c, "out")["mode"] == "transport"
+    assert gws.sa(c, "out")["mode"] == "transport"
 
 
 @pytest.mark.parametrize("topology,mode", [("site", "tunnel"), ("host", "transport")])
@@ -134,7 +79,7 @@ def test_ah(pair, topology, mode):
     seen = wire(cap.stop(), *outer)
     # AH authenticates but does not encrypt: the payload is visible, and that is the point of AH.
     assert seen["ah"] > 1000 and seen["esp"] == 0 and seen["other"] == 0, seen
-    assert sa_row(gws, b, "in")["protocol"] == "ah"
+    assert gws.sa(b, "in")["protocol"] == "ah"
 
 
 SHUNTS_A = """
@@ -212,11 +157,11 @@ def test_replayed_and_tampered_esp_are_dropped_and_counted(pair):
     seq = int.from_bytes(tampered[seq_off:seq_off + 4], "big")
     tampered[seq_off:seq_off + 4] = (seq + 1000).to_bytes(4, "big")
     tampered[seq_off + 4 + 8 + 4] ^= 0x01  # a ciphertext bit after the sequence number and the 8-byte IV
-    before = sa_row(gws, gb, "in")["drops"]
+    before = gws.sa(gb, "in")["drops"]
     lab.run("gwA", sys.executable, "-c", _INJECT, "wan0", replayed.hex(), replayed.hex(), bytes(tampered).hex())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        drops = sa_row(gws, gb, "in")["drops"]
+        drops = gws.sa(gb, "in")["drops"]
         if drops.get("replay", 0) >= before.get("replay", 0) + 2 and drops.get("auth_failed", 0) >= 1:
             break
         time.sleep(0.2)

@@ -192,3 +192,13 @@ def test_cli_up_show_down():
         subprocess.run([*cli, "down", "--prefix", "xst", "--tag", tag], env=env, check=True, capture_output=True,
                        timeout=30)
     assert f"xst{tag}-0" not in lab_namespaces("xst")
+
+
+def test_plaintext_marker_in_a_ping_is_detected_on_the_wire(lab):
+    """The leak detector the IPsec tests rely on must fire when a marked ping crosses in clear."""
+    from xdpsec.labconf import MARKER, wire_report
+
+    cap = lab.capture("wire", "br0", filter="icmp")
+    lab.run("hostA", "ping", "-c", "2", "-i", "0.2", "-W", "1", "-p", MARKER.hex(), lab.addr["hostB"]["v4"])
+    seen = wire_report(cap.stop(), lab.addr["hostA"]["v4"], lab.addr["hostB"]["v4"])
+    assert seen["marker"] >= 2 and seen["other"] >= 2 and seen["esp"] == 0, seen

@@ -1,0 +1,205 @@
+"""The thin I/O shell around the sans-IO IKEv2 core: UDP sockets, the clock, and the data path.
+
+One thread owns the `IkeManager`. It waits on the IKE sockets (UDP 500 and 4500 on each local address, IPv4
+and IPv6), a wake-up pipe for commands, and the manager's next timer; it feeds datagrams in with the time,
+sends what the manager hands back, and turns its events into data-path changes:
+
+    ChildUp   -> Gateway.install_child(child, outbound SAParams, inbound SAParams)   (make-before-break order)
+    ChildDown -> Gateway.remove_child(child)
+
+Port 4500 carries IKE behind a 4-byte non-ESP marker (RFC 3948 §2.2): stripped on receipt, added on sending.
+ESP-in-UDP never reaches these sockets: the XDP classifier steers it to the workers, and drops NAT keepalives.
+The sockets carry BYPASS_MARK so that IKE to a peer whose address the local path routes (transport mode)
+leaves through the uplink in clear, as IKE must.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from xdpsec.ike.conf import IkeConnConfig, StartAction
+from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeDown, IkeUp
+from xdpsec.ike.manager import IkeManager
+from xdpsec.io.localpath import BYPASS_MARK
+from xdpsec.sa import IPAddress
+
+log = logging.getLogger("xdpsec.ike")
+
+NON_ESP_MARKER = b"\0\0\0\0"
+NATT_PORT = 4500
+MAX_DATAGRAM = 65535
+COMMANDS_MAX = 64
+
+
+class IkeService:
+    def __init__(self, conns: list[IkeConnConfig], *, install: Callable, remove: Callable,
+                 spi_in_use: Callable[[int], bool]) -> None:
+        self.conns = {c.name: c for c in conns}
+        self.install = install
+        self.remove = remove
+        self.manager = IkeManager(conns, spi_in_use=spi_in_use)
+        self.sel = selectors.DefaultSelector()
+        self.socks: dict[tuple[IPAddress, int], socket.socket] = {}
+        self.commands: queue.Queue = queue.Queue(maxsize=COMMANDS_MAX)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()  # the manager is touched by this thread, and by queries under this lock
+        self.errors = 0
+
+    # --- sockets ---------------------------------------------------------------------------------------------
+    def open_sockets(self) -> None:
+        for conn in self.conns.values():
+            for addr in conn.local_addrs:
+                for port in (conn.local_port, NATT_PORT):
+                    if (addr, port) not in self.socks:
+                        self._bind(addr, port)
+
+    def _bind(self, addr: IPAddress, port: int) -> None:
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, BYPASS_MARK)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((str(addr), port))
+        sock.setblocking(False)
+        self.socks[(addr, port)] = sock
+        self.sel.register(sock, selectors.EVENT_READ, (addr, port))
+        log.info("IKE listening on %s port %d", addr, port)
+
+    # --- the thread ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.open_sockets()
+        self.thread = threading.Thread(target=self._run, name="ike", daemon=True)
+        self.thread.start()
+        for conn in self.conns.values():
+            for child in conn.children:
+                if child.start_action == StartAction.START:
+                    self.command("initiate", conn.name, child.name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake()
+        if self.thread is not None:
+            self.thread.join(5)
+        for sock in self.socks.values():
+            sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def command(self, op: str, *args) -> None:
+        """Queue an operator command (initiate, terminate) for the IKE thread."""
+        self.commands.put_nowait((op, *args))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                timer = self.manager.get_timer()
+            now = time.monotonic()
+            timeout = None if timer is None else max(0.0, timer - now)
+            for key, _ev in self.sel.select(timeout if timeout is not None else 1.0):
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._receive(key.fileobj, key.data)
+            try:
+                with self.lock:
+                    self._commands()
+                    now = time.monotonic()
+                    timer = self.manager.get_timer()
+                    if timer is not None and timer <= now:
+                        self.manager.handle_timer(now)
+                    self._flush()
+                    events = []
+                    while (ev := self.manager.next_event()) is not None:
+                        events.append(ev)
+                for ev in events:  # data-path changes outside the lock: they wait for workers
+                    self._event(ev)
+            except Exception:  # a bug in the core must not take IKE down for every other peer
+                self.errors += 1
+                log.exception("IKE: unexpected error (counted); continuing")
+
+    def _receive(self, sock: socket.socket, local: tuple[IPAddress, int]) -> None:
+        for _ in range(64):  # bounded per wake-up: one busy socket cannot starve the timers
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("IKE socket %s:%d: %s", local[0], local[1], exc)
+                return
+            if local[1] == NATT_PORT:
+                if data[:4] != NON_ESP_MARKER:
+                    continue  # a keepalive or stray ESP: not IKE (XDP normally keeps these away)
+                data = data[4:]
+            remote = (ipaddress.ip_address(peer[0].split("%")[0]), peer[1])
+            try:
+                with self.lock:
+                    self.manager.receive_datagram(data, local, remote, time.monotonic())
+            except Exception:
+                self.errors += 1
+                log.exception("IKE: unexpected error on a datagram from %s (counted)", remote[0])
+
+    def _flush(self) -> None:
+        for data, local, remote in self.manager.datagrams_to_send():
+            sock = self.socks.get((local[0], local[1]))
+            if sock is None:
+                log.warning("IKE: no socket for %s:%d; datagram to %s dropped", local[0], local[1], remote[0])
+                continue
+            if local[1] == NATT_PORT:
+                data = NON_ESP_MARKER + data
+            try:
+                sock.sendto(data, (str(remote[0]), remote[1]))
+            except OSError as exc:
+                log.warning("IKE: sending to %s:%d failed: %s", remote[0], remote[1], exc)
+
+    def _commands(self) -> None:
+        while True:
+            try:
+                op, *args = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            now = time.monotonic()
+            if op == "initiate":
+                self.manager.initiate(args[0], args[1], now)
+            elif op == "terminate":
+                self.manager.terminate(args[0], now)
+
+    def _event(self, ev) -> None:
+        if isinstance(ev, ChildUp):
+            log.info("%s/%s: child SA up: in %#010x out %#010x, %s", ev.conn, ev.child, ev.inb.spi, ev.out.spi,
+                     ev.out.mode.value)
+            self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb)
+        elif isinstance(ev, ChildDown):
+            log.info("%s/%s: child SA down", ev.conn, ev.child)
+            self.remove(f"{ev.conn}/{ev.child}")
+        elif isinstance(ev, IkeUp):
+            log.info("%s: IKE SA up with %s", ev.conn, ev.peer)
+        elif isinstance(ev, IkeDown):
+            log.info("%s: IKE SA down: %s", ev.conn, ev.reason)
+        elif isinstance(ev, Failure):
+            log.warning("%s: %s", ev.conn, ev.reason)
+
+    def ike_sas(self) -> list[dict]:
+        with self.lock:
+            return self.manager.ike_sas()
