@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what xdpsec needs on a fresh Debian 12 machine, and nothing twice.
 #  - Debian packages: bcc (python3-bpfcc: there is no real bcc on PyPI), kernel headers for bcc,
-#    iproute2/ping/tcpdump/iperf3 for the lab, strongSwan for the interop tests.
+#    iproute2/ping/tcpdump/iperf3 for the lab, strongSwan for the interop tests (its daemon is never started
+#    as a service: the tests run their own charon per namespace).
 #  - /lib/modules/$(uname -r)/{build,source} -> Debian's linux-headers (6.1): the running kernel ships none,
 #    and bcc needs both trees (see shared notes).
 #  - .venv from Debian's python3 (the one python3-bpfcc is built for), with bcc reached through a symlink
@@ -12,7 +13,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (XDP and namespaces need it)" >&2; exit 1; }
 
 APT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 python3-venv iproute2 iputils-ping
-          tcpdump ethtool iperf3 kmod nftables procps)
+          tcpdump ethtool iperf3 kmod nftables procps
+          # the third-party IKE peer for interop tests and benchmarks (userspace ESP: kernel-libipsec)
+          strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
+          libstrongswan-extra-plugins libstrongswan-standard-plugins)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
