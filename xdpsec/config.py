@@ -1,8 +1,9 @@
 """The gateway configuration: TOML in swanctl.conf's vocabulary -> a validated, immutable `Config`.
 
 Network engineers know strongSwan's swanctl.conf, so the file uses its concepts and names (connections,
-children, local_ts/remote_ts, esp_proposals, pass/drop shunts); manual keying replaces IKE for now, in a
-`manual` table per child that reads like `ip xfrm state add`. Every problem in a file is reported at once as
+children, local_ts/remote_ts, esp_proposals, pass/drop shunts, local/remote authentication, secrets). A
+connection is keyed by IKEv2 (it has `local`/`remote` tables, or a protected child without `manual`), or
+manually, with a `manual` table per child that reads like `ip xfrm state add`; one file may hold both kinds. Every problem in a file is reported at once as
 `FILE:LINE: key: what is wrong (and what would be right)`; `xdpsec check` prints them and exits 2.
 
 tomllib gives values without positions, so `_Locator` scans the raw text once for table headers, dotted
@@ -11,6 +12,8 @@ keys and `key =` lines and maps each key path to its line; a key that is missing
 Schema (every key; the defaults are what an absent key means)::
 
     instance = "default"           # names the control socket /run/xdpsec/<instance>.sock and the BPF pins
+    secrets_file = "secrets.toml"  # optional, relative to this file: a [secrets] table in a file that must not
+                                   #   be readable by group or others (refused otherwise)
     [gateway]
     interfaces = ["lan0", "wan0"]  # required: the interfaces XDP attaches to; unique, at most 15 characters
     workers = <cpus>               # worker processes, 1..64 (default: the number of CPUs)
@@ -45,14 +48,55 @@ Schema (every key; the defaults are what an absent key means)::
     in_integ_key = "hex"           # only for non-AEAD ESP and AH
     out_integ_key = "hex"
 
+IKE connections (swanctl.conf's names; everything else as above)::
+
+    [connections.<name>]
+    version = 2                    # IKEv2 only
+    local_addrs = ["192.0.2.1"]    # IP addresses; empty or omitted: any (and the IKE sockets follow them)
+    remote_addrs = ["192.0.2.2"]   # "%any" or omitted: any peer, which makes the connection responder-only
+    proposals = ["aes256gcm16-prfsha384-x25519"]  # IKE SA proposals (xdpsec.proposals.parse_ike); default:
+                                   #   proposals.DEFAULT_IKE_PROPOSALS
+    encap = false                  # force UDP encapsulation as if behind a NAT
+    local_port = 500               # IKE ports (not only with encap, unlike manual keying)
+    remote_port = 500
+    dpd_delay = "30s"              # durations: integer seconds or "30s", "5m", "1h", "1d"; 0 = off
+    dpd_timeout = 0
+    keyingtries = 1                # 0 = forever
+    [connections.<name>.local]     # how we authenticate
+    auth = "psk"                   # psk | pubkey
+    id = "gwA.example.org"         # strongSwan identity: IP, FQDN ("@x" forces FQDN), email, DN "CN=x, O=y",
+                                   #   "@#hex" key ID. Default: the certificate's subject (pubkey), else the
+                                   #   only local address
+    certs = ["gwA.pem"]            # pubkey: our certificate, then intermediates (PEM or DER, relative to
+                                   #   this file)
+    private_key = "gwA.key"        # pubkey: unencrypted PEM or DER; mode 0600 or 0400 (refused otherwise)
+    [connections.<name>.remote]    # how the peer must authenticate
+    auth = "pubkey"
+    id = "CN=gwB, O=Example"       # default: any identity that authenticates (pubkey), the peer's address (psk)
+    cacerts = ["ca.pem"]           # pubkey: trust anchors for the peer's chain
+    [connections.<name>.children.<child>]
+    local_ts = ["dynamic"]         # default "dynamic": this end's address (IKE addresses); "dynamic[tcp/80]"
+    remote_ts = ["dynamic"]
+    esp_proposals = [...]          # alternatives, with a key exchange method for PFS ("aes128gcm16-x25519");
+                                   #   default: proposals.DEFAULT_ESP_PROPOSALS; or ah_proposals
+    start_action = "none"          # none | start | trap
+    dpd_action = "clear"           # clear | restart | trap
+
+    [secrets]                      # swanctl's secrets.ike-*: PSKs by the pair of identities
+    ike = [ { id = ["gwA.example.org", "gwB.example.org"], secret = "..." } ]
+                                   # secret: text, "0x<hex>" or "0s<base64>"; an empty id list matches any pair
+
 Derived: per tunnel/transport child an OUT PROTECT policy for every local_ts x remote_ts pair of one family
 (protocol and ports narrowed to their intersection) and the reverse IN PROTECT policy, which drops cleartext
-that should have been protected (RFC 4301 §5.2); pass/drop give BYPASS/DISCARD in both directions.
+that should have been protected (RFC 4301 §5.2); pass/drop give BYPASS/DISCARD in both directions. IKE
+children get the same PROTECT policies; their SAs come later, from the negotiation.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import difflib
 import enum
 import ipaddress
@@ -66,8 +110,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa
+from cryptography.x509.oid import NameOID
+
 from xdpsec import proposals
 from xdpsec.abi import Action, PolicyDir
+from xdpsec.ike.conf import (
+    AuthMethod,
+    AuthRound,
+    ChildConfig,
+    ChildProposal,
+    DpdAction,
+    Identity,
+    IkeConnConfig,
+    IkeProposal,
+    StartAction,
+)
+from xdpsec.ike.consts import IdType
 from xdpsec.sa import (
     AEAD_SALT_LEN,
     ANY_PORT,
@@ -158,7 +219,8 @@ class Child:
     transform: Transform | None = None
     priority: int = 0  # 0 = automatic
     replay_window: int = 1024
-    manual: ManualKeys | None = None  # None once IKE negotiates the keys
+    manual: ManualKeys | None = None  # None when IKE negotiates the keys
+    ike: ChildConfig | None = None  # what the IKE core negotiates for this child
 
 
 @dataclass(frozen=True)
@@ -166,8 +228,9 @@ class Connection:
     name: str
     local_addrs: tuple[IPAddress, ...]
     remote_addrs: tuple[IPAddress, ...]
-    encap: UdpEncap | None  # outbound ports (sport = ours) when RFC 3948 encapsulation is forced
+    encap: UdpEncap | None  # manual keying: outbound ports (sport = ours) when RFC 3948 encapsulation is forced
     children: tuple[Child, ...]
+    ike: IkeConnConfig | None = None  # None for manually keyed connections
 
 
 @dataclass(frozen=True)
@@ -187,6 +250,10 @@ class Config:
         """The whole SPD in priority order (stable), numbered 1..n."""
         return ordered(p for conn in self.connections for child in conn.children
                        for p in _child_policies(conn, child))
+
+    def ike_connections(self) -> list[IkeConnConfig]:
+        """What the IKE core needs of every IKE-keyed connection, in configuration order."""
+        return [conn.ike for conn in self.connections if conn.ike is not None]
 
     def local_addresses(self) -> set[IPAddress]:
         return {addr for conn in self.connections for addr in conn.local_addrs}
@@ -453,11 +520,18 @@ class _Checker:
 
 # --- the schema, section by section ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("instance", "gateway", "connections")
+_TOP_KEYS = ("instance", "gateway", "connections", "secrets", "secrets_file")
 _GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port")
 _CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
+_IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries", "local",
+                  "remote")
 _CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
                "manual")
+_IKE_CHILD_KEYS = (*_CHILD_KEYS[:-1], "start_action", "dpd_action")
+_LOCAL_KEYS = ("auth", "id", "certs", "private_key")
+_REMOTE_KEYS = ("auth", "id", "cacerts")
+_SECRETS_KEYS = ("ike",)
+_SECRET_KEYS = ("id", "secret")
 _MANUAL_KEYS = ("in_spi", "out_spi", "in_enc_key", "out_enc_key", "in_integ_key", "out_integ_key")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IFNAME_RE = re.compile(r"[^/\s:]{1,15}")  # IFNAMSIZ - 1; '/', ':' and whitespace are not allowed by the kernel
@@ -497,10 +571,13 @@ def _gateway(ck: _Checker, tbl: dict) -> GatewayConfig | None:
                          default_action=Action[action.name], encap_port=encap_port)
 
 
-def _addresses(ck: _Checker, tbl: dict, path: KeyPath, key: str) -> tuple[IPAddress, ...] | None:
+def _addresses(ck: _Checker, tbl: dict, path: KeyPath, key: str, ike: bool = False) -> tuple[IPAddress, ...] | None:
+    """Outer addresses; for IKE, "%any" (or nothing) means any address, an empty tuple."""
     texts = ck.strings(tbl, path, key, [])
     if texts is None:
         return None
+    if ike and "%any" in texts:
+        return ()
     addrs = []
     for text in texts:
         try:
@@ -538,9 +615,29 @@ def _encap(ck: _Checker, tbl: dict, path: KeyPath, gw_port: int) -> tuple[bool, 
     return True, UdpEncap(sport=ports[0], dport=ports[1])
 
 
-def _connection(ck: _Checker, name: str, tbl: dict, gw_port: int) -> Connection | None:
+def _unkeyed_children(tbl: dict) -> list[str]:
+    """Names of the protected children (tunnel/transport) without a [manual] table: IKE must key them."""
+    children = tbl.get("children")
+    if not isinstance(children, dict):
+        return []
+    return [name for name, c in children.items() if isinstance(c, dict) and "manual" not in c
+            and c.get("mode", "tunnel") in ("tunnel", "transport")]
+
+
+def _is_ike(tbl: dict) -> bool:
+    """IKE keys a connection with authentication tables, or with a protected child that has no manual keys."""
+    return "local" in tbl or "remote" in tbl or bool(_unkeyed_children(tbl))
+
+
+def _connection(ck: _Checker, name: str, tbl: dict, gw_port: int, ctx: _IkeContext) -> Connection | None:
+    if _is_ike(tbl):
+        return _ike_connection(ck, name, tbl, ctx)
     path = ("connections", name)
-    ck.unknown_keys(tbl, path, _CONN_KEYS)
+    for key in tbl:
+        if key in _IKE_CONN_KEYS and key not in _CONN_KEYS:
+            ck.error((*path, key), "only for IKE connections (with [local] and [remote] tables); this one is "
+                                   "manually keyed")
+    ck.unknown_keys(tbl, path, _IKE_CONN_KEYS)
     local = _addresses(ck, tbl, path, "local_addrs")
     remote = _addresses(ck, tbl, path, "remote_addrs")
     encap_ok, encap = _encap(ck, tbl, path, gw_port)
@@ -560,7 +657,7 @@ def _connection(ck: _Checker, name: str, tbl: dict, gw_port: int) -> Connection 
         child_path = (*path, "children", child_name)
         if not (_valid_name(ck, child_path, child_name) and ck.table(child_tbl, child_path)):
             continue
-        child = _child(ck, conn, child_path, child_tbl)
+        child = _child(ck, conn, child_path, child_tbl, ike=False, encap=encap is not None)
         if child is not None:
             children.append(child)
     return Connection(name=name, local_addrs=local, remote_addrs=remote, encap=encap, children=tuple(children))
@@ -573,18 +670,37 @@ def _valid_name(ck: _Checker, path: KeyPath, name: str) -> bool:
     return False
 
 
-def _selectors(ck: _Checker, tbl: dict, path: KeyPath, key: str, default: tuple) -> tuple | None:
-    if key not in tbl:
+def _dynamic_ts(text: str, addrs: tuple[IPAddress, ...], addrs_key: str) -> list[TrafficSelector]:
+    """swanctl's `dynamic[proto/port]`: this end's IKE address(es), here the configured ones."""
+    rest = text.strip()[len("dynamic"):]
+    if rest and not rest.startswith("["):
+        raise ValueError(f"bad traffic selector {text!r}; write dynamic or dynamic[proto/port]")
+    if not addrs:
+        raise ValueError(f"'dynamic' (the default) stands for the IKE address of this end, but {addrs_key} is "
+                         f"any: list the address in {addrs_key} or write the selector (e.g. 198.51.100.0/24)")
+    return [parse_ts(f"{addr}{rest}") for addr in addrs]
+
+
+def _selectors(ck: _Checker, tbl: dict, path: KeyPath, key: str, default: tuple,
+               dynamic: tuple[tuple[IPAddress, ...], str] | None = None) -> tuple | None:
+    """Traffic selectors; `dynamic` (IKE only: the addresses and their key) resolves swanctl's `dynamic`."""
+    if key in tbl:
+        texts = ck.strings(tbl, path, key)
+    elif dynamic is not None:
+        texts = ["dynamic"]  # swanctl's default for IKE children
+    else:
         if not default:
             ck.error((*path, key), "missing; required for this mode (e.g. [\"198.51.100.0/24\"])")
         return default or None
-    texts = ck.strings(tbl, path, key)
     if texts is None:
         return None
     result = []
     for text in texts:
         try:
-            result.append(parse_ts(text))
+            if dynamic is not None and text.strip().startswith("dynamic"):
+                result.extend(_dynamic_ts(text, *dynamic))
+            else:
+                result.append(parse_ts(text))
         except ValueError as e:
             ck.error((*path, key), str(e))
             return None
@@ -594,12 +710,16 @@ def _selectors(ck: _Checker, tbl: dict, path: KeyPath, key: str, default: tuple)
     return tuple(result)
 
 
-def _transport_ts_ok(ck: _Checker, path: KeyPath, key: str, ts: tuple, addr: IPAddress) -> bool:
-    """Transport mode protects the hosts' own traffic (RFC 4301 §4.1): selectors must be the outer address."""
+def _transport_ts_ok(ck: _Checker, path: KeyPath, key: str, ts: tuple, addrs: tuple[IPAddress, ...]) -> bool:
+    """Transport mode protects the hosts' own traffic (RFC 4301 §4.1): selectors must be outer addresses.
+
+    With no addresses (an IKE responder for any peer) there is nothing to compare with before negotiation.
+    """
     for sel in ts:
-        if sel.net.num_addresses != 1 or sel.net.network_address != addr:
-            ck.error((*path, key), f"{sel} is not the outer address {addr}: transport mode carries only the "
-                                   f"endpoints' own traffic (RFC 4301 §4.1); use mode = \"tunnel\"")
+        if addrs and (sel.net.num_addresses != 1 or sel.net.network_address not in addrs):
+            ck.error((*path, key), f"{sel} is not the outer address {', '.join(map(str, addrs))}: transport mode "
+                                   f"carries only the endpoints' own traffic (RFC 4301 §4.1); use "
+                                   f"mode = \"tunnel\"")
             return False
     return True
 
@@ -634,17 +754,20 @@ def _proposal(ck: _Checker, tbl: dict, path: KeyPath, encap: bool) -> tuple[Prot
     return protocol, transform
 
 
-def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict) -> Child | None:
-    ck.unknown_keys(tbl, path, _CHILD_KEYS)
+def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, ike: bool, encap: bool) -> Child | None:
+    ck.unknown_keys(tbl, path, _IKE_CHILD_KEYS if ike else _CHILD_KEYS)
     mode = ck.choice(tbl, path, "mode", ChildMode, ChildMode.TUNNEL)
     if mode is None:
         return None
     transport = mode == ChildMode.TRANSPORT
-    # Transport mode defaults to the endpoints themselves; the others must say what they carry.
-    default_local = (TrafficSelector(ipaddress.ip_network(conn.local_addrs[0])),) if transport else ()
-    default_remote = (TrafficSelector(ipaddress.ip_network(conn.remote_addrs[0])),) if transport else ()
-    local_ts = _selectors(ck, tbl, path, "local_ts", default_local)
-    remote_ts = _selectors(ck, tbl, path, "remote_ts", default_remote)
+    if ike:  # swanctl: both default to `dynamic`, the IKE endpoints
+        local_ts = _selectors(ck, tbl, path, "local_ts", (), (conn.local_addrs, "local_addrs"))
+        remote_ts = _selectors(ck, tbl, path, "remote_ts", (), (conn.remote_addrs, "remote_addrs"))
+    else:  # transport mode defaults to the endpoints themselves; the others must say what they carry
+        default_local = (TrafficSelector(ipaddress.ip_network(conn.local_addrs[0])),) if transport else ()
+        default_remote = (TrafficSelector(ipaddress.ip_network(conn.remote_addrs[0])),) if transport else ()
+        local_ts = _selectors(ck, tbl, path, "local_ts", default_local)
+        remote_ts = _selectors(ck, tbl, path, "remote_ts", default_remote)
     priority = ck.integer(tbl, path, "priority", 0, _MAX_PRIORITY, 0)
     replay = ck.integer(tbl, path, "replay_window", 0, 65536, 1024)
     if replay == 0:
@@ -652,8 +775,8 @@ def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict) -> Child | 
                                           "accepted")
     if None in (local_ts, remote_ts, priority, replay):
         return None
-    if transport and not (_transport_ts_ok(ck, path, "local_ts", local_ts, conn.local_addrs[0])
-                          and _transport_ts_ok(ck, path, "remote_ts", remote_ts, conn.remote_addrs[0])):
+    if transport and not (_transport_ts_ok(ck, path, "local_ts", local_ts, conn.local_addrs)
+                          and _transport_ts_ok(ck, path, "remote_ts", remote_ts, conn.remote_addrs)):
         return None
     if not any(True for _ in _selector_pairs(local_ts, remote_ts)):
         ck.error((*path, "remote_ts"), "no local_ts/remote_ts pair has the same address family and protocol: "
@@ -662,18 +785,17 @@ def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict) -> Child | 
     child = Child(name=path[-1], mode=mode, local_ts=local_ts, remote_ts=remote_ts, priority=priority,
                   replay_window=replay)
     if mode in _SHUNT_ACTION:
-        for key in ("esp_proposals", "ah_proposals", "manual"):
+        for key in ("esp_proposals", "ah_proposals", "manual", "start_action", "dpd_action"):
             if key in tbl:
                 ck.error((*path, key), f"mode = \"{mode.value}\" is a shunt without SAs; remove {key}")
         return child
+    if ike:
+        return _ike_child(ck, conn, path, tbl, child, encap)
     return _protected_child(ck, conn, path, tbl, child)
 
 
 def _protected_child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, child: Child) -> Child | None:
     found = _proposal(ck, tbl, path, conn.encap is not None)
-    if "manual" not in tbl:
-        ck.error(path, f"IKE is not implemented yet; add a [{'.'.join(path)}.manual] table with SPIs and keys")
-        return None
     manual_tbl = ck.get(tbl, path, "manual", dict)
     if manual_tbl is None:
         return None
@@ -769,6 +891,494 @@ def _manual(ck: _Checker, path: KeyPath, tbl: dict, t: Transform | None) -> Manu
     return ManualKeys(**spis, **keys)
 
 
+# --- IKE: durations, identities, secrets, certificates -------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: int | str) -> float:
+    """A swanctl duration: integer seconds, or "30s", "5m", "1h", "1d". Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _DURATION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration; write seconds (30) or \"30s\", \"5m\", \"1h\", \"1d\"")
+    return float(int(m[1]) * _DURATION_UNITS[m[2]])
+
+
+# strongSwan's DN attribute names (its asn1 OID table, the common subset).
+_DN_ATTRS = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
+             "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "CN": NameOID.COMMON_NAME,
+             "E": NameOID.EMAIL_ADDRESS, "EMAIL": NameOID.EMAIL_ADDRESS, "SN": NameOID.SERIAL_NUMBER,
+             "DC": NameOID.DOMAIN_COMPONENT, "UID": NameOID.USER_ID, "STREET": NameOID.STREET_ADDRESS,
+             "T": NameOID.TITLE, "G": NameOID.GIVEN_NAME}
+
+
+def _parse_dn(text: str) -> x509.Name:
+    """strongSwan's DN syntax: "C=CH, O=Example, CN=gw" with RDNs in the order of the ASN.1 sequence."""
+    rdns = []
+    for part in re.split(r"(?<!\\),", text):
+        attr, eq, value = part.partition("=")
+        oid = _DN_ATTRS.get(attr.strip().upper())
+        if not eq or oid is None:
+            raise ValueError(f"bad DN component {part.strip()!r} in {text!r}; write TYPE=value with TYPE one "
+                             f"of {', '.join(_DN_ATTRS)}")
+        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(oid, value.strip().replace("\\,", ","))]))
+    return x509.Name(rdns)
+
+
+def _dn_text(name: x509.Name) -> str:
+    return ", ".join(f"{a.rfc4514_attribute_name}={a.value}" for a in name)
+
+
+def _dn_identity(name: x509.Name, text: str = "") -> Identity:
+    return Identity(IdType.DER_ASN1_DN, name.public_bytes(), text or _dn_text(name))
+
+
+def parse_identity(text: str) -> Identity:
+    """An IKE identity in strongSwan's syntax (RFC 7296 §3.5 types). Raises ValueError.
+
+    IPv4/IPv6 address; "C=CH, O=x, CN=y" (a DN: it contains '='); "user@example.org" (email);
+    "@example.org" (an FQDN, never taken for an address); "@#0a1b" (key ID, hex); anything else an FQDN.
+    """
+    t = text.strip()
+    if not t:
+        raise ValueError("empty identity")
+    if t.startswith("@#"):
+        try:
+            return Identity(IdType.KEY_ID, bytes.fromhex(t[2:]), text)
+        except ValueError:
+            raise ValueError(f"{text!r}: a key ID is '@#' and hex digits") from None
+    if t.startswith("@"):
+        return Identity(IdType.FQDN, t[1:].encode(), text)
+    try:
+        addr = ipaddress.ip_address(t)
+    except ValueError:
+        pass
+    else:
+        return Identity(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed, text)
+    if "=" in t:
+        return _dn_identity(_parse_dn(t), text)
+    if not t.isascii() or any(c.isspace() for c in t):
+        raise ValueError(f"{text!r} is not an address, FQDN, email address or DN \"CN=..., O=...\"")
+    return Identity(IdType.RFC822_ADDR if "@" in t else IdType.FQDN, t.encode(), text)
+
+
+def _address_identity(addr: IPAddress) -> Identity:
+    return Identity(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed, str(addr))
+
+
+def _same_identity(a: Identity, b: Identity) -> bool:
+    """Equal type and data; names compare case-insensitively, as DNS and strongSwan do."""
+    if a.id_type != b.id_type:
+        return False
+    if a.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
+        return a.data.lower() == b.data.lower()
+    return a.data == b.data
+
+
+@dataclass(frozen=True)
+class PskSecret:
+    """One `secrets.ike` entry: the identities it is for (none: any pair) and the key."""
+
+    ids: tuple[Identity, ...]
+    secret: bytes = field(repr=False)
+
+
+def decode_secret(text: str) -> bytes:
+    """A strongSwan secret: "0x" + hex, "0s" + base64, else the UTF-8 text itself. Raises ValueError."""
+    if text[:2].lower() == "0x":
+        try:
+            return bytes.fromhex(text[2:].replace(":", ""))
+        except ValueError:
+            raise ValueError("a \"0x\" secret must be hex digits") from None
+    if text[:2] == "0s":
+        try:
+            return base64.b64decode(text[2:], validate=True)
+        except binascii.Error:
+            raise ValueError("a \"0s\" secret must be base64") from None
+    return text.encode()
+
+
+def find_psk(secrets: tuple[PskSecret, ...], local: Identity, remote: Identity) -> bytes | None:
+    """The secret for this pair (swanctl secrets.ike-*): one naming both identities, else one naming none."""
+    for s in secrets:
+        if any(_same_identity(i, local) for i in s.ids) and any(_same_identity(i, remote) for i in s.ids):
+            return s.secret
+    return next((s.secret for s in secrets if not s.ids), None)
+
+
+def _loose_mode(path: Path) -> str | None:
+    """Why `path` is too open for a secret (group/other permission bits), or None."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        return f"{path} is mode {mode:04o}: it holds secrets and must not be readable by group or others; " \
+               f"chmod 600 {path}"
+    return None
+
+
+# RFC 7296 §2.15: a PSK is only as strong as its entropy; shorter than a 128-bit key invites a dictionary attack.
+_MIN_PSK = 16
+
+
+def _secret_entries(ck: _Checker, tbl: Any, path: KeyPath) -> list[PskSecret]:
+    if not ck.table(tbl, path):
+        return []
+    ck.unknown_keys(tbl, path, _SECRETS_KEYS)
+    entries = ck.get(tbl, path, "ike", list, [])
+    out = []
+    for i, entry in enumerate(entries or []):
+        epath = (*path, "ike", str(i))
+        if not ck.table(entry, epath):
+            continue
+        ck.unknown_keys(entry, epath, _SECRET_KEYS)
+        texts = ck.strings(entry, epath, "id", [])
+        text = ck.get(entry, epath, "secret", str)
+        if texts is None or text is None:
+            continue
+        try:
+            ids = tuple(parse_identity(t) for t in texts)
+            secret = decode_secret(text)
+        except ValueError as e:
+            ck.error(epath, str(e))
+            continue
+        if len(secret) < _MIN_PSK:
+            ck.warn((*epath, "secret"), f"{len(secret)} bytes: RFC 7296 §2.15 wants a PSK as strong as a key; use "
+                                        f"at least {_MIN_PSK} random bytes (e.g. \"0s\" + `head -c 32 "
+                                        f"/dev/urandom | base64`)")
+        out.append(PskSecret(ids, secret))
+    return out
+
+
+def _secrets(ck: _Checker, data: dict, path: Path) -> tuple[PskSecret, ...]:
+    """The [secrets] table of the file and that of `secrets_file`, in this order."""
+    found = []
+    if "secrets" in data:
+        found += _secret_entries(ck, data["secrets"], ("secrets",))
+        if (loose := _loose_mode(path)) is not None:
+            ck.warn(("secrets",), loose.replace("; chmod", ", or move [secrets] to a secrets_file; chmod"))
+    name = ck.get(data, (), "secrets_file", str, None)
+    if name is None:
+        return tuple(found)
+    file = path.parent / name
+    try:
+        loose = _loose_mode(file)
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        ck.error(("secrets_file",), f"cannot read {file}: {e}")
+        return tuple(found)
+    if loose is not None:
+        ck.error(("secrets_file",), loose)
+        return tuple(found)
+    try:
+        sub_data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        ck.problems.append(_syntax_problem(str(file), e))
+        return tuple(found)
+    sub = _Checker(str(file), _Locator(text))
+    sub.unknown_keys(sub_data, (), ("secrets",))
+    found += _secret_entries(sub, sub_data.get("secrets", {}), ("secrets",))
+    ck.problems += sub.problems
+    ck.warnings += sub.warnings
+    return tuple(found)
+
+
+def _read(ck: _Checker, path: KeyPath, base: Path, name: str) -> tuple[Path, bytes] | None:
+    file = base / name
+    try:
+        return file, file.read_bytes()
+    except OSError as e:
+        ck.error(path, f"cannot read {file}: {e.strerror or e}")
+        return None
+
+
+def _certs(ck: _Checker, tbl: dict, path: KeyPath, key: str, base: Path) -> list[x509.Certificate] | None:
+    """Certificates from PEM (one or more per file) or DER files, in the order listed."""
+    names = ck.strings(tbl, path, key, [])
+    if names is None:
+        return None
+    out = []
+    for name in names:
+        found = _read(ck, (*path, key), base, name)
+        if found is None:
+            return None
+        file, data = found
+        try:
+            out += x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else \
+                [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            ck.error((*path, key), f"{file} is not a PEM or DER X.509 certificate")
+            return None
+    return out
+
+
+def _spki(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _private_key(ck: _Checker, tbl: dict, path: KeyPath, base: Path, cert: x509.Certificate) -> bytes | None:
+    """The key file's bytes, once it is private to its owner, parses, and belongs to our certificate."""
+    name = ck.get(tbl, path, "private_key", str)
+    found = _read(ck, (*path, "private_key"), base, name) if name is not None else None
+    if found is None:
+        return None
+    file, data = found
+    if (loose := _loose_mode(file)) is not None:
+        ck.error((*path, "private_key"), loose)
+        return None
+    load = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
+    try:
+        key = load(data, password=None)
+    except TypeError:
+        ck.error((*path, "private_key"), f"{file} is encrypted; xdpsec needs it unencrypted (its file mode "
+                                         f"protects it)")
+        return None
+    except (ValueError, serialization.UnsupportedAlgorithm):
+        ck.error((*path, "private_key"), f"{file} is not a PEM or DER private key")
+        return None
+    if isinstance(key, dsa.DSAPrivateKey):
+        ck.error((*path, "private_key"), f"{file} is a DSA key; use RSA, ECDSA or Ed25519")
+        return None
+    if _spki(key.public_key()) != _spki(cert.public_key()):
+        ck.error((*path, "private_key"), f"{file} does not belong to our certificate {_dn_text(cert.subject)} "
+                                         f"(different public key)")
+        return None
+    return data
+
+
+def _cert_identities(cert: x509.Certificate) -> list[Identity]:
+    """What a certificate vouches for: its subject and its subjectAltNames of IKE ID types."""
+    ids = [_dn_identity(cert.subject)]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ids
+    ids += [Identity(IdType.FQDN, n.encode()) for n in san.get_values_for_type(x509.DNSName)]
+    ids += [Identity(IdType.RFC822_ADDR, n.encode()) for n in san.get_values_for_type(x509.RFC822Name)]
+    return ids + [_address_identity(a) for a in san.get_values_for_type(x509.IPAddress)]
+
+
+# --- IKE: authentication rounds, children, connections -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class _IkeContext:
+    base: Path  # certificate and key paths are relative to the configuration file
+    secrets: tuple[PskSecret, ...]
+
+
+def _round_identity(ck: _Checker, tbl: dict, path: KeyPath) -> tuple[bool, Identity | None]:
+    text = ck.get(tbl, path, "id", str, None)
+    if text is None:
+        return "id" not in tbl, None
+    try:
+        return True, parse_identity(text)
+    except ValueError as e:
+        ck.error((*path, "id"), str(e))
+        return False, None
+
+
+def _default_psk_identity(ck: _Checker, path: KeyPath, addrs: tuple[IPAddress, ...], side: str) -> Identity | None:
+    if len(addrs) == 1:
+        return _address_identity(addrs[0])
+    ck.error((*path, "id"), f"missing; PSK authentication looks the secret up by both identities, and "
+                            f"{side}_addrs has {len(addrs) or 'any'} address{'es' if len(addrs) != 1 else ''} to "
+                            f"default to: set id, e.g. id = \"gw.example.org\"")
+    return None
+
+
+def _auth_round(ck: _Checker, conn_tbl: dict, conn_path: KeyPath, side: str, addrs: tuple[IPAddress, ...],
+                ctx: _IkeContext) -> AuthRound | None:
+    """[local] or [remote] minus the PSK, which needs both identities (`_with_psk`)."""
+    path = (*conn_path, side)
+    if side not in conn_tbl:
+        unkeyed = ", ".join(_unkeyed_children(conn_tbl))
+        why = f" (children without a [manual] table: {unkeyed})" if unkeyed else ""
+        ck.error(path, f"missing; IKE keys this connection{why}: add [{'.'.join(path)}] with auth = \"psk\" or "
+                       f"\"pubkey\", or give every child a [manual] table for manual keying")
+        return None
+    tbl = conn_tbl[side]
+    if not ck.table(tbl, path):
+        return None
+    ck.unknown_keys(tbl, path, _LOCAL_KEYS if side == "local" else _REMOTE_KEYS)
+    method = ck.choice(tbl, path, "auth", AuthMethod, _REQUIRED)
+    ok, identity = _round_identity(ck, tbl, path)
+    if method is None or not ok:
+        return None
+    if method == AuthMethod.PSK:
+        for key in ("certs", "private_key", "cacerts"):
+            if key in tbl:
+                ck.error((*path, key), "only with auth = \"pubkey\"; PSKs live in [secrets]")
+        if identity is None:
+            identity = _default_psk_identity(ck, path, addrs, side)
+        return AuthRound(AuthMethod.PSK, identity) if identity is not None else None
+    if side == "remote":
+        cacerts = _certs(ck, tbl, path, "cacerts", ctx.base)
+        if cacerts == []:
+            ck.error((*path, "cacerts"), "missing; pubkey authentication of the peer needs trust anchors, e.g. "
+                                         "cacerts = [\"ca.pem\"]")
+        if not cacerts:
+            return None
+        return AuthRound(AuthMethod.PUBKEY, identity, cacerts=tuple(c.public_bytes(serialization.Encoding.DER)
+                                                                   for c in cacerts))
+    return _local_pubkey(ck, tbl, path, identity, ctx)
+
+
+def _local_pubkey(ck: _Checker, tbl: dict, path: KeyPath, identity: Identity | None,
+                  ctx: _IkeContext) -> AuthRound | None:
+    certs = _certs(ck, tbl, path, "certs", ctx.base)
+    if certs == []:
+        ck.error((*path, "certs"), "missing; pubkey authentication needs our certificate, e.g. certs = [\"gw.pem\"]")
+    if not certs:
+        return None
+    key = _private_key(ck, tbl, path, ctx.base, certs[0])
+    if key is None:
+        return None
+    if identity is None:
+        identity = _dn_identity(certs[0].subject)
+    elif not any(_same_identity(identity, i) for i in _cert_identities(certs[0])):
+        ck.warn((*path, "id"), f"{identity.text!r} is neither the subject nor a subjectAltName of our certificate "
+                               f"({_dn_text(certs[0].subject)}): peers will not accept the certificate for it "
+                               f"(RFC 4945 §3.1)")
+    return AuthRound(AuthMethod.PUBKEY, identity, private_key=key,
+                     certs=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs))
+
+
+def _with_psk(ck: _Checker, path: KeyPath, local: AuthRound, remote: AuthRound,
+              secrets: tuple[PskSecret, ...]) -> tuple[AuthRound, AuthRound] | None:
+    """Both rounds with the pair's PSK filled in where the method is PSK (RFC 7296 §2.15)."""
+    if AuthMethod.PSK not in (local.method, remote.method):
+        return local, remote
+    local_id = local.identity
+    remote_id = remote.identity or Identity(0, b"")
+    assert local_id is not None  # the local round always has one (configured or defaulted)
+    psk = find_psk(secrets, local_id, remote_id)
+    if psk is None:
+        side = "local" if local.method == AuthMethod.PSK else "remote"
+        ck.error((*path, side, "auth"), f"no PSK for {local_id.text or 'us'} <-> {remote_id.text or 'any peer'}: "
+                                        f"add {{ id = [\"{local_id.text}\", \"{remote_id.text}\"], secret = "
+                                        f"\"...\" }} to [secrets] ike")
+        return None
+    return tuple(replace(r, psk=psk) if r.method == AuthMethod.PSK else r  # type: ignore[return-value]
+                 for r in (local, remote))
+
+
+def _child_proposals(ck: _Checker, tbl: dict, path: KeyPath, encap: bool) -> tuple[Protocol, tuple] | None:
+    if "esp_proposals" in tbl and "ah_proposals" in tbl:
+        ck.error((*path, "ah_proposals"), "set esp_proposals or ah_proposals, not both")
+        return None
+    key, protocol = ("ah_proposals", Protocol.AH) if "ah_proposals" in tbl else ("esp_proposals", Protocol.ESP)
+    texts = ck.strings(tbl, path, key, list(proposals.DEFAULT_ESP_PROPOSALS))
+    if texts is None:
+        return None
+    if protocol == Protocol.AH and encap:
+        ck.error((*path, key), "AH cannot be UDP-encapsulated (RFC 3948 covers ESP only; AH's ICV covers the "
+                               "addresses a NAT rewrites); use esp_proposals or encap = false")
+        return None
+    found: list[ChildProposal] = []
+    for text in texts:
+        try:
+            found += proposals.parse_child(text, protocol)
+        except proposals.ProposalError as e:
+            ck.error((*path, key), str(e))
+            return None
+    unique = tuple(dict.fromkeys(found))
+    if not unique or len(unique) > proposals.MAX_PROPOSALS:
+        ck.error((*path, key), f"{len(unique)} proposals; list 1..{proposals.MAX_PROPOSALS} (RFC 7296 §3.3.1)")
+        return None
+    for note in dict.fromkeys(n for p in unique for n in proposals.advice(p.transform)):
+        ck.warn((*path, key), note)
+    return protocol, unique
+
+
+def _ike_child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, child: Child, encap: bool) -> Child | None:
+    found = _child_proposals(ck, tbl, path, encap)
+    start = ck.choice(tbl, path, "start_action", StartAction, StartAction.NONE)
+    dpd = ck.choice(tbl, path, "dpd_action", DpdAction, DpdAction.CLEAR)
+    if start in (StartAction.START, StartAction.TRAP) and not conn.remote_addrs:
+        ck.error((*path, "start_action"), f"\"{start.value}\" initiates, but remote_addrs is any: a connection "
+                                          f"for any peer can only respond; name the peer in remote_addrs")
+        return None
+    if found is None or start is None or dpd is None:
+        return None
+    protocol, offers = found
+    config = ChildConfig(name=child.name, local_ts=child.local_ts, remote_ts=child.remote_ts,
+                         mode=Mode(child.mode.value), proposals=offers, start_action=start, dpd_action=dpd,
+                         replay_window=child.replay_window)
+    return replace(child, protocol=protocol, ike=config)
+
+
+def _ike_proposals(ck: _Checker, tbl: dict, path: KeyPath) -> tuple[IkeProposal, ...] | None:
+    texts = ck.strings(tbl, path, "proposals", list(proposals.DEFAULT_IKE_PROPOSALS))
+    if texts is None:
+        return None
+    found: list[IkeProposal] = []
+    for text in texts:
+        try:
+            found += proposals.parse_ike(text)
+        except proposals.ProposalError as e:
+            ck.error((*path, "proposals"), str(e))
+            return None
+    unique = tuple(dict.fromkeys(found))
+    if not unique or len(unique) > proposals.MAX_PROPOSALS:
+        ck.error((*path, "proposals"), f"{len(unique)} proposals; list 1..{proposals.MAX_PROPOSALS} "
+                                       f"(RFC 7296 §3.3.1)")
+        return None
+    return unique
+
+
+def _duration(ck: _Checker, tbl: dict, path: KeyPath, key: str) -> float | None:
+    try:
+        return parse_duration(tbl.get(key, 0))
+    except ValueError as e:
+        ck.error((*path, key), str(e))
+        return None
+
+
+def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Connection | None:
+    path = ("connections", name)
+    ck.unknown_keys(tbl, path, _IKE_CONN_KEYS)
+    local = _addresses(ck, tbl, path, "local_addrs", ike=True)
+    remote = _addresses(ck, tbl, path, "remote_addrs", ike=True)
+    version = ck.integer(tbl, path, "version", 0, 2, 2)
+    if version is not None and version != 2:
+        ck.error((*path, "version"), "xdpsec speaks IKEv2 (RFC 7296) only; set version = 2")
+    ike_proposals = _ike_proposals(ck, tbl, path)
+    encap = ck.get(tbl, path, "encap", bool, False)
+    ports = [ck.integer(tbl, path, key, 1, 65535, 500) for key in ("local_port", "remote_port")]
+    timers = [_duration(ck, tbl, path, key) for key in ("dpd_delay", "dpd_timeout")]
+    tries = ck.integer(tbl, path, "keyingtries", 0, 1_000_000, 1)
+    children_tbl = ck.get(tbl, path, "children", dict)
+    rounds = None
+    if local is not None and remote is not None:
+        local_round = _auth_round(ck, tbl, path, "local", local, ctx)
+        remote_round = _auth_round(ck, tbl, path, "remote", remote, ctx)
+        if local_round is not None and remote_round is not None:
+            rounds = _with_psk(ck, path, local_round, remote_round, ctx.secrets)
+    if local is None or remote is None or children_tbl is None:
+        return None
+    for child_name, child_tbl in children_tbl.items():
+        if isinstance(child_tbl, dict) and "manual" in child_tbl:
+            ck.error((*path, "children", child_name, "manual"),
+                     "this connection is keyed by IKE, so its children cannot have manual keys: move this child "
+                     "to a connection of its own")
+    conn = Connection(name=name, local_addrs=local, remote_addrs=remote, encap=None, children=())
+    children = []
+    for child_name, child_tbl in children_tbl.items():
+        child_path = (*path, "children", child_name)
+        if _valid_name(ck, child_path, child_name) and ck.table(child_tbl, child_path) and "manual" not in child_tbl:
+            child = _child(ck, conn, child_path, child_tbl, ike=True, encap=bool(encap))
+            if child is not None:
+                children.append(child)
+    if rounds is None or None in (ike_proposals, encap, tries, *ports, *timers) or version != 2:
+        return None
+    ike = IkeConnConfig(name=name, local_addrs=local, remote_addrs=remote, proposals=ike_proposals,
+                        local=rounds[0], remote=rounds[1], children=tuple(c.ike for c in children if c.ike),
+                        encap=encap, local_port=ports[0], remote_port=ports[1], dpd_delay=timers[0],
+                        dpd_timeout=timers[1], keyingtries=tries)
+    return replace(conn, children=tuple(children), ike=ike)
+
+
 # --- whole-file checks ------------------------------------------------------------------------------------------
 
 def _child_path(name: str) -> KeyPath:
@@ -821,12 +1431,13 @@ def _build(ck: _Checker, data: dict, path: Path) -> Config | None:
         ck.error(("instance",), f"{instance!r}: use 1..64 letters, digits, '_', '.' or '-' (it names a socket)")
     gateway_tbl = ck.get(data, (), "gateway", dict)
     gateway = _gateway(ck, gateway_tbl) if gateway_tbl is not None else None
+    ctx = _IkeContext(base=path.parent, secrets=_secrets(ck, data, path))
     conns_tbl = ck.get(data, (), "connections", dict, {})
     connections = []
     for name, tbl in (conns_tbl or {}).items():
         conn_path = ("connections", name)
         if _valid_name(ck, conn_path, name) and ck.table(tbl, conn_path):
-            conn = _connection(ck, name, tbl, gateway.encap_port if gateway else 4500)
+            conn = _connection(ck, name, tbl, gateway.encap_port if gateway else 4500, ctx)
             if conn is not None:
                 connections.append(conn)
     _check_spis(ck, tuple(connections))

@@ -171,7 +171,7 @@ class Gateway:
             cl.pin(str(pins))
         except OSError as exc:  # bpffs hidden (e.g. under `ip netns exec`): the gateway still works
             log.warning("not pinning maps under %s: %s", pins, exc)
-        ike_conns = self.cfg.ike_connections() if hasattr(self.cfg, "ike_connections") else []
+        ike_conns = self.cfg.ike_connections()
         if ike_conns:  # after XDP is attached: negotiated SAs go into a running data path
             from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
             self.ike = IkeService(ike_conns, install=self.install_child, remove=self.remove_child,

@@ -1,21 +1,32 @@
-"""strongSwan proposal strings -> `Transform`, and back.
+"""strongSwan proposal strings -> transforms, and back: ESP/AH for manual keying and child SAs, and IKE SAs.
 
 Users write algorithms the way swanctl.conf does: one proposal is a list of tokens joined by '-', each token
-naming one transform: `aes128gcm16`, `aes256-sha384-esn`, `sha256` (AH). Parsing classifies every token by
-looking it up in one table per transform type (encryption, integrity, ESN); tokens nobody knows are checked
-against a table of refused algorithms first, so that `3des-sha1` is answered with the RFC that retired it
-instead of "unknown". IKE proposals (`aes256gcm16-prfsha384-x25519`) will add PRF and key-exchange tables
-and reuse the same tokenizer.
+naming one transform: `aes128gcm16`, `aes256-sha384-esn`, `sha256` (AH), `aes256gcm16-prfsha384-x25519` (IKE).
+Parsing classifies every token by looking it up in one table per transform type (encryption, integrity, PRF,
+key exchange, ESN); tokens nobody knows are checked against tables of refused algorithms first, so that
+`3des-sha1` is answered with the RFC that retired it instead of "unknown".
 
-What we accept follows RFC 8221 (ESP and AH algorithm requirements): AES-GCM with a 16-byte ICV, ChaCha20-
-Poly1305, AES-CBC with HMAC-SHA2, and ENCR_NULL with HMAC-SHA2 (a MUST in RFC 8221 §5, for integrity-only
-ESP; `advice()` warns that it gives no confidentiality). Manual keying needs exactly one algorithm of each
-type, so a proposal here names a single transform, not a set of alternatives.
+Manual keying needs exactly one algorithm of each type (`parse_esp`, `parse_ah`: one `Transform`). For IKE
+(`parse_ike`) and child SAs (`parse_child`) several algorithms of one type are alternatives, as in strongSwan:
+`aes128-aes256-sha256-x25519` expands to one `IkeProposal` per combination, in the order written (first
+choice first), which is what selecting one transform of each type from an IKEv2 proposal means (RFC 7296
+§3.3.6). Without a `prf...` token the PRF follows the integrity algorithm (sha256 -> prfsha256), strongSwan's
+rule; AEAD ciphers have no integrity algorithm, so their proposals must name the PRF.
+
+What we accept follows RFC 8221 for ESP and AH (AES-GCM with a 16-byte ICV, ChaCha20-Poly1305, AES-CBC with
+HMAC-SHA2, ENCR_NULL with HMAC-SHA2, which `advice()` warns about) and RFC 8247 for IKEv2 (the same ciphers
+minus NULL, HMAC-SHA2 PRFs, and MODP groups of 2048 bits and more, NIST ECP and Curve25519/448 groups).
+Transform IDs are the IANA numbers of `xdpsec.ike.consts`.
 """
 
 from __future__ import annotations
 
-from xdpsec.sa import Encr, Integ, Transform
+import re
+from itertools import product
+
+from xdpsec.ike.conf import ChildProposal, IkeProposal
+from xdpsec.ike.consts import EncrId, IntegId, KeId, PrfId
+from xdpsec.sa import AEAD, Encr, Integ, Protocol, Transform
 
 
 class ProposalError(ValueError):
@@ -30,6 +41,8 @@ _ENCR: dict[str, tuple[Encr, int]] = {
     "chacha20poly1305": (Encr.CHACHA20_POLY1305, 256),  # RFC 7634: always a 256-bit key
     "null": (Encr.NULL, 0),
 }
+# IANA marks ENCR_NULL "not allowed" for IKEv2: the IKE SA always needs confidentiality.
+_IKE_ENCR = {token: value for token, value in _ENCR.items() if value[0] != Encr.NULL}
 
 # Integrity tokens, strongSwan's short and long names (RFC 4868 truncations).
 _INTEG: dict[str, Integ] = {
@@ -43,19 +56,43 @@ _INTEG: dict[str, Integ] = {
 
 _ESN: dict[str, bool] = {"esn": True, "noesn": False}
 
+_PRF: dict[str, PrfId] = {
+    "prfsha256": PrfId.HMAC_SHA2_256,
+    "prfsha384": PrfId.HMAC_SHA2_384,
+    "prfsha512": PrfId.HMAC_SHA2_512,
+}
+
+# strongSwan's rule for a proposal without a PRF: the HMAC of the integrity algorithm, untruncated.
+_PRF_OF_INTEG = {Integ.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256, Integ.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
+                 Integ.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512}
+
+# Key exchange methods (Transform Type 4), strongSwan's names; curve25519/curve448 are its aliases.
+_KE: dict[str, KeId] = {
+    "modp2048": KeId.MODP2048,  # RFC 8247 §2.4: MUST
+    "modp3072": KeId.MODP3072,
+    "modp4096": KeId.MODP4096,
+    "ecp256": KeId.ECP256,      # RFC 8247 §2.4: SHOULD
+    "ecp384": KeId.ECP384,
+    "ecp521": KeId.ECP521,
+    "x25519": KeId.CURVE25519,  # RFC 8247 §2.4: SHOULD (RFC 8031)
+    "curve25519": KeId.CURVE25519,
+    "x448": KeId.CURVE448,
+    "curve448": KeId.CURVE448,
+}
+
 _GCM_SHORT_ICV = ("refused: AES-GCM with a {icv}-byte ICV is not implemented: RFC 8221 §5 recommends "
                   "ENCR_AES_GCM_16 (16-byte ICV) only; use aes{bits}gcm16")
 
-# Tokens we recognise and refuse, with the reason. Checked before "unknown" so the user learns why.
+# Tokens we recognise and refuse in ESP/AH proposals, with the reason (RFC 8221).
 _REFUSED: dict[str, str] = {
     "des": "refused: DES is 'MUST NOT' for ESP (RFC 8221 §5); use aes128gcm16",
-    "3des": "refused: 3DES (ENCR_3DES) is 'SHOULD NOT' for ESP (RFC 8221 §5) and 'MUST NOT' for IKEv2 "
-            "(RFC 8247 §2.1) and is not implemented; use aes128gcm16",
+    "3des": "refused: 3DES (ENCR_3DES) is 'SHOULD NOT' for ESP (RFC 8221 §5), only 'MAY' for IKEv2 (RFC 8247 "
+            "§2.1), and not implemented; use aes128gcm16",
     "blowfish": "refused: Blowfish is 'MUST NOT' for ESP (RFC 8221 §5); use aes128gcm16",
     "md5": "refused: HMAC-MD5-96 is 'MUST NOT' (RFC 8221 §6); use sha256",
     "md5_128": "refused: HMAC-MD5-128 is 'MUST NOT' (RFC 8221 §6); use sha256",
-    "sha1": "refused: HMAC-SHA1-96 is 'MUST-' in RFC 8221 §6 (expected to be demoted) and 'MUST NOT' as an "
-            "IKEv2 PRF successor (RFC 8247 §3.2); xdpsec implements HMAC-SHA2 only: use sha256",
+    "sha1": "refused: HMAC-SHA1-96 is 'MUST-' in RFC 8221 §6 (expected to be demoted); xdpsec implements "
+            "HMAC-SHA2 only: use sha256",
     "sha": "refused: HMAC-SHA1-96 is 'MUST-' in RFC 8221 §6 (expected to be demoted); xdpsec implements "
            "HMAC-SHA2 only: use sha256",
     "sha1_160": "refused: HMAC-SHA1-160 is not in RFC 8221 §6; xdpsec implements HMAC-SHA2 only: use sha256",
@@ -68,6 +105,81 @@ _REFUSED: dict[str, str] = {
        for bits in (128, 192, 256) for icv in (8, 12, 16, 64, 96, 128)},
 }
 
+_WEAK_GROUP = "refused: {what} is '{status}' in RFC 8247 §2.4 (too small for today's attackers); use x25519 or " \
+              "modp3072"
+
+# Key exchange methods we refuse, in IKE proposals and as PFS groups of child proposals alike.
+_KE_REFUSED: dict[str, str] = {
+    "modp768": _WEAK_GROUP.format(what="group 1 (768-bit MODP)", status="MUST NOT"),
+    "modp1024": _WEAK_GROUP.format(what="group 2 (1024-bit MODP)", status="SHOULD NOT"),
+    "modp1536": _WEAK_GROUP.format(what="group 5 (1536-bit MODP)", status="SHOULD NOT"),
+    "modp1024s160": _WEAK_GROUP.format(what="group 22 (1024-bit MODP, 160-bit subgroup)", status="SHOULD NOT"),
+    "modp2048s224": _WEAK_GROUP.format(what="group 23 (2048-bit MODP, 224-bit subgroup)", status="SHOULD NOT"),
+    "modp2048s256": _WEAK_GROUP.format(what="group 24 (2048-bit MODP, 256-bit subgroup)", status="SHOULD NOT"),
+    **{f"mlkem{n}": f"not yet supported: ML-KEM-{n} (draft-ietf-ipsecme-ikev2-mlkem) is not implemented; use "
+                    f"x25519" for n in (512, 768, 1024)},
+}
+
+# Tokens we recognise and refuse in IKE proposals (RFC 8247, the IKEv2 counterpart of RFC 8221).
+_IKE_REFUSED: dict[str, str] = {
+    **_KE_REFUSED,
+    "des": "refused: ENCR_DES is 'MUST NOT' for IKEv2 (RFC 8247 §2.1); use aes256gcm16",
+    "3des": "refused: ENCR_3DES is only 'MAY' for IKEv2 (RFC 8247 §2.1, down from RFC 4307's MUST-): its "
+            "64-bit block wears out a key quickly, and it is not implemented; use aes256gcm16 or aes128",
+    "null": "refused: ENCR_NULL is not allowed for IKEv2 (IANA Transform Type 1): the IKE SA must be "
+            "confidential; use aes256gcm16",
+    "md5": "refused: AUTH_HMAC_MD5_96 is 'MUST NOT' for IKEv2 (RFC 8247 §2.3); use sha256",
+    "prfmd5": "refused: PRF_HMAC_MD5 is 'MUST NOT' for IKEv2 (RFC 8247 §2.2); use prfsha256",
+    "sha1": "refused: AUTH_HMAC_SHA1_96 is 'MUST-' in RFC 8247 §2.3 (kept for old peers, expected to be "
+            "demoted); xdpsec implements HMAC-SHA2 only: use sha256",
+    "sha": "refused: AUTH_HMAC_SHA1_96 is 'MUST-' in RFC 8247 §2.3 (kept for old peers, expected to be "
+           "demoted); xdpsec implements HMAC-SHA2 only: use sha256",
+    "prfsha1": "refused: PRF_HMAC_SHA1 is 'MUST-' in RFC 8247 §2.2 (kept for old peers, expected to be "
+               "demoted); xdpsec implements HMAC-SHA2 only: use prfsha256",
+    "aesxcbc": "refused: AUTH_AES_XCBC_96 is 'SHOULD' for IoT only (RFC 8247 §2.3) and not implemented; "
+               "use sha256",
+    "prfaesxcbc": "refused: PRF_AES128_XCBC is 'SHOULD' for IoT only (RFC 8247 §2.2) and not implemented; "
+                  "use prfsha256",
+    "prfaescmac": "refused: PRF_AES128_CMAC is 'SHOULD' for IoT only (RFC 8247 §2.2) and not implemented; "
+                  "use prfsha256",
+    **{f"aes{bits}gcm{icv}": f"refused: AES-GCM with a {icv // 8 if icv > 16 else icv}-octet ICV: RFC 8247 "
+                             f"§2.1 recommends only the 16-octet ICV, the only one implemented; use "
+                             f"aes{bits}gcm16"
+       for bits in (128, 192, 256) for icv in (8, 12, 64, 96)},
+    **{f"aes{bits}ccm{icv}": f"refused: AES-CCM is 'SHOULD' for IoT only (RFC 8247 §2.1) and not "
+                             f"implemented; use aes{bits}gcm16"
+       for bits in (128, 192, 256) for icv in (8, 12, 16, 64, 96, 128)},
+}
+
+# Additional key exchanges (RFC 9370), strongSwan's `ke1_mlkem768`: parsed so the answer is precise.
+_ADDKE_RE = re.compile(r"ke([1-7])_([a-z0-9]+)")
+
+# Algorithms that belong to another kind of proposal: answered with where they go.
+_PRF_ELSEWHERE = {t: f"{t!r} is a PRF, which only IKE proposals (proposals = [...]) have" for t in _PRF}
+_KE_ELSEWHERE = {t: f"{t!r} is a key exchange method: PFS needs IKE (a child without a [manual] table)"
+                 for t in _KE}
+_ESN_ELSEWHERE = {t: f"{t!r}: extended sequence numbers belong to ESP/AH (esp_proposals), not to the IKE SA"
+                  for t in _ESN}
+
+#: What an IKE connection proposes without `proposals`: AEAD first, then RFC 8247's MUST algorithms
+#: (AES-CBC, HMAC-SHA2-256, group 14) for peers that offer nothing else.
+DEFAULT_IKE_PROPOSALS = (
+    "aes256gcm16-prfsha384-x25519",
+    "aes128gcm16-prfsha256-x25519",
+    "chacha20poly1305-prfsha256-x25519",
+    "aes256gcm16-prfsha384-ecp384",
+    "aes128-sha256-ecp256",
+    "aes128-sha256-modp3072",
+    "aes128-sha256-modp2048",
+)
+
+#: What an IKE child proposes without esp_proposals (no PFS group, as strongSwan's default).
+DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes128-sha256")
+
+#: Proposal Num is one octet (RFC 7296 §3.3.1): no SA payload holds more proposals than this. One string
+#: expands to at most 216 (3 AES-CBC x 3 integrity x 3 PRFs x 8 groups); a list of strings can exceed it.
+MAX_PROPOSALS = 255
+
 
 def _tokens(s: str, what: str) -> list[str]:
     tokens = s.strip().lower().split("-")
@@ -76,10 +188,28 @@ def _tokens(s: str, what: str) -> list[str]:
     return tokens
 
 
-def _unknown(token: str, valid: list[str]) -> ProposalError:
-    if token in _REFUSED:
-        return ProposalError(f"{token}: {_REFUSED[token]}")
+def _unknown(token: str, valid: list[str], refused: dict[str, str], elsewhere: dict[str, str]) -> ProposalError:
+    if token in refused:
+        return ProposalError(f"{token}: {refused[token]}")
+    if token in elsewhere:
+        return ProposalError(elsewhere[token])
+    if m := _ADDKE_RE.fullmatch(token):
+        return ProposalError(f"{token}: not yet supported: additional key exchanges (RFC 9370, here number "
+                             f"{m[1]}: {m[2]}) are not implemented; remove it")
     return ProposalError(f"unknown algorithm {token!r}; valid names are: {', '.join(valid)}")
+
+
+def _classify(s: str, what: str, tables: dict[str, dict], refused: dict[str, str],
+              elsewhere: dict[str, str]) -> dict[str, list[str]]:
+    """Tokens of `s` by transform type (the keys of `tables`), in order, without repeating one algorithm."""
+    found: dict[str, list[str]] = {kind: [] for kind in tables}
+    for token in _tokens(s, what):
+        kind = next((k for k, table in tables.items() if token in table), None)
+        if kind is None:
+            raise _unknown(token, [name for table in tables.values() for name in table], refused, elsewhere)
+        if all(tables[kind][seen] != tables[kind][token] for seen in found[kind]):
+            found[kind].append(token)  # `sha256-sha2_256` names one algorithm, not two alternatives
+    return found
 
 
 def _pick_one(found: list[str], kind: str, s: str) -> str | None:
@@ -89,59 +219,117 @@ def _pick_one(found: list[str], kind: str, s: str) -> str | None:
     return found[0] if found else None
 
 
-def parse_esp(s: str) -> Transform:
-    """One ESP proposal, e.g. ``aes128gcm16``, ``aes256-sha384-esn``, ``null-sha256``."""
-    encrs, integs, esns = [], [], []
-    for token in _tokens(s, "ESP"):
-        if token in _ENCR:
-            encrs.append(token)
-        elif token in _INTEG:
-            integs.append(token)
-        elif token in _ESN:
-            esns.append(token)
-        else:
-            raise _unknown(token, [*_ENCR, *_INTEG, *_ESN])
-    encr_name = _pick_one(encrs, "encryption", s)
-    integ_name = _pick_one(integs, "integrity", s)
-    esn_name = _pick_one(esns, "ESN", s)
-    if encr_name is None:
+def _check_aead_split(encrs: list[str], s: str) -> list[str]:
+    """The AEAD ciphers of `encrs`, which must be all or none of them (RFC 7296 §3.3)."""
+    aead = [e for e in encrs if _ENCR[e][0] in AEAD]
+    if aead and len(aead) != len(encrs):
+        plain = [e for e in encrs if e not in aead]
+        raise ProposalError(f"{s!r} mixes AEAD ciphers ({', '.join(aead)}) with others ({', '.join(plain)}): "
+                            f"an AEAD proposal has no integrity algorithm (RFC 7296 §3.3); write two proposals")
+    return aead
+
+
+def _esp_transforms(found: dict[str, list[str]], s: str) -> list[Transform]:
+    encrs, integs = found["encryption"], found["integrity"]
+    esns = [_ESN[t] for t in found["ESN"]] or [False]
+    if not encrs:
         raise ProposalError(f"ESP proposal {s!r} has no encryption algorithm; for integrity only write "
-                            f"null-{integ_name or 'sha256'}, or use ah_proposals")
-    encr, bits = _ENCR[encr_name]
-    integ = _INTEG[integ_name] if integ_name else None
-    if encr in (Encr.AES_GCM_16, Encr.CHACHA20_POLY1305) and integ is not None:
-        raise ProposalError(f"{encr_name} is an AEAD cipher with its own ICV; remove '{integ_name}'")
-    if encr not in (Encr.AES_GCM_16, Encr.CHACHA20_POLY1305) and integ is None:
+                            f"null-{integs[0] if integs else 'sha256'}, or use ah_proposals")
+    if aead := _check_aead_split(encrs, s):
+        if integs:
+            raise ProposalError(f"{aead[0]} is an AEAD cipher with its own ICV; remove '{integs[0]}'")
+    elif not integs:
         # Encryption without integrity leaves ESP open to active attacks, which is why RFC 8221 only
         # recommends authenticated encryption; ENCR_NULL without integrity would be no protection at all.
-        raise ProposalError(f"{encr_name} needs an integrity algorithm, e.g. {encr_name}-sha256 "
+        raise ProposalError(f"{encrs[0]} needs an integrity algorithm, e.g. {encrs[0]}-sha256 "
                             f"(or use an AEAD cipher such as aes128gcm16)")
-    return Transform(encr=encr, encr_key_bits=bits, integ=integ, esn=_ESN[esn_name] if esn_name else False)
+    return [Transform(encr=_ENCR[e][0], encr_key_bits=_ENCR[e][1], integ=_INTEG[i] if i else None, esn=esn)
+            for e, i, esn in product(encrs, integs or [None], esns)]
+
+
+def _ah_transforms(found: dict[str, list[str]], s: str) -> list[Transform]:
+    if not found["integrity"]:
+        raise ProposalError(f"AH proposal {s!r} has no integrity algorithm; e.g. sha256")
+    return [Transform(encr=None, integ=_INTEG[i], esn=esn)
+            for i, esn in product(found["integrity"], [_ESN[t] for t in found["ESN"]] or [False])]
+
+
+_ESP_TABLES = {"encryption": _ENCR, "integrity": _INTEG, "ESN": _ESN}
+_AH_TABLES = {"integrity": _INTEG, "ESN": _ESN}
+_AH_ELSEWHERE = {t: f"AH does not encrypt: {t!r} belongs in esp_proposals" for t in _ENCR}
+
+
+def parse_esp(s: str) -> Transform:
+    """One manually keyed ESP proposal, e.g. ``aes128gcm16``, ``aes256-sha384-esn``, ``null-sha256``."""
+    found = _classify(s, "ESP", _ESP_TABLES, _REFUSED, {**_PRF_ELSEWHERE, **_KE_ELSEWHERE})
+    for kind, tokens in found.items():
+        _pick_one(tokens, kind, s)
+    return _esp_transforms(found, s)[0]
 
 
 def parse_ah(s: str) -> Transform:
-    """One AH proposal, e.g. ``sha256`` or ``sha512-esn``: an integrity algorithm only (RFC 4302)."""
-    integs, esns = [], []
-    for token in _tokens(s, "AH"):
-        if token in _INTEG:
-            integs.append(token)
-        elif token in _ESN:
-            esns.append(token)
-        elif token in _ENCR:
-            raise ProposalError(f"AH does not encrypt: {token!r} belongs in esp_proposals")
-        else:
-            raise _unknown(token, [*_INTEG, *_ESN])
-    integ_name = _pick_one(integs, "integrity", s)
-    esn_name = _pick_one(esns, "ESN", s)
-    if integ_name is None:
-        raise ProposalError(f"AH proposal {s!r} has no integrity algorithm; e.g. sha256")
-    return Transform(encr=None, integ=_INTEG[integ_name], esn=_ESN[esn_name] if esn_name else False)
+    """One manually keyed AH proposal, e.g. ``sha256`` or ``sha512-esn``: an integrity algorithm only (RFC 4302)."""
+    found = _classify(s, "AH", _AH_TABLES, _REFUSED, {**_AH_ELSEWHERE, **_PRF_ELSEWHERE, **_KE_ELSEWHERE})
+    for kind, tokens in found.items():
+        _pick_one(tokens, kind, s)
+    return _ah_transforms(found, s)[0]
+
+
+def parse_child(s: str, protocol: Protocol) -> list[ChildProposal]:
+    """A child SA proposal with its alternatives: ``aes128gcm16-aes256gcm16``, ``aes128-sha256-modp3072-esn``.
+
+    A key exchange method (`x25519`) asks for PFS: a fresh key exchange when the child is created or
+    rekeyed with CREATE_CHILD_SA (RFC 7296 §1.3.1); several are alternatives like the other algorithms.
+    """
+    refused = {**_REFUSED, **_KE_REFUSED}
+    if protocol == Protocol.ESP:
+        found = _classify(s, "ESP", {**_ESP_TABLES, "key exchange": _KE}, refused, _PRF_ELSEWHERE)
+        transforms = _esp_transforms(found, s)
+    else:
+        found = _classify(s, "AH", {**_AH_TABLES, "key exchange": _KE}, refused,
+                          {**_AH_ELSEWHERE, **_PRF_ELSEWHERE})
+        transforms = _ah_transforms(found, s)
+    groups = [_KE[t] for t in found["key exchange"]] or [None]
+    return [ChildProposal(protocol, t, ke) for t, ke in product(transforms, groups)]
+
+
+_IKE_TABLES = {"encryption": _IKE_ENCR, "integrity": _INTEG, "PRF": _PRF, "key exchange": _KE}
+
+
+def parse_ike(s: str) -> list[IkeProposal]:
+    """An IKE SA proposal with its alternatives: ``aes256gcm16-prfsha384-x25519``, ``aes128-sha256-modp3072``."""
+    found = _classify(s, "IKE", _IKE_TABLES, _IKE_REFUSED, _ESN_ELSEWHERE)
+    encrs, integs, prfs, groups = (found[k] for k in _IKE_TABLES)
+    if not encrs:
+        raise ProposalError(f"IKE proposal {s!r} has no encryption algorithm; e.g. aes256gcm16-prfsha384-x25519")
+    if not groups:
+        raise ProposalError(f"IKE proposal {s!r} has no key exchange method, which every IKE SA needs (RFC 7296 "
+                            f"§3.3.3); add one, e.g. {s.strip()}-x25519")
+    if aead := _check_aead_split(encrs, s):
+        if integs:
+            raise ProposalError(f"{aead[0]} is an AEAD cipher with its own ICV (RFC 5282 §8); remove "
+                                f"'{integs[0]}'")
+        if not prfs:
+            raise ProposalError(f"{aead[0]} is an AEAD cipher, so no integrity algorithm implies the PRF: name "
+                                f"one, e.g. {aead[0]}-prfsha256-{groups[0]}")
+    elif not integs:
+        raise ProposalError(f"{encrs[0]} needs an integrity algorithm, e.g. {encrs[0]}-sha256-{groups[0]} "
+                            f"(or use an AEAD cipher such as aes256gcm16 with a PRF)")
+    integ_ids = [_INTEG[i] for i in integs] or [None]
+    prf_ids = [_PRF[p] for p in prfs] or list(dict.fromkeys(_PRF_OF_INTEG[i] for i in integ_ids if i))
+    return [IkeProposal(encr=EncrId(_ENCR[e][0]), encr_key_bits=_ENCR[e][1],
+                        integ=IntegId(i) if i is not None else None, prf=prf, ke=_KE[g])
+            for e, i, prf, g in product(encrs, integ_ids, prf_ids, groups)]
 
 
 _ENCR_NAMES = {Encr.AES_CBC: "aes{bits}", Encr.AES_GCM_16: "aes{bits}gcm16",
                Encr.CHACHA20_POLY1305: "chacha20poly1305", Encr.NULL: "null"}
 _INTEG_NAMES = {Integ.HMAC_SHA2_256_128: "sha256", Integ.HMAC_SHA2_384_192: "sha384",
                 Integ.HMAC_SHA2_512_256: "sha512"}
+_PRF_NAMES = {prf: token for token, prf in _PRF.items()}
+_KE_NAMES = {KeId.MODP2048: "modp2048", KeId.MODP3072: "modp3072", KeId.MODP4096: "modp4096",
+             KeId.ECP256: "ecp256", KeId.ECP384: "ecp384", KeId.ECP521: "ecp521", KeId.CURVE25519: "x25519",
+             KeId.CURVE448: "x448"}
 
 
 def format_transform(t: Transform) -> str:
@@ -153,6 +341,22 @@ def format_transform(t: Transform) -> str:
         parts.append(_INTEG_NAMES[t.integ])
     if t.esn:
         parts.append("esn")  # noesn is the default and, as in strongSwan's output, not written
+    return "-".join(parts)
+
+
+def format_child(p: ChildProposal) -> str:
+    """``aes128gcm16-x25519``: the transform and the PFS group, if any."""
+    return "-".join([format_transform(p.transform), *([_KE_NAMES[KeId(p.ke)]] if p.ke is not None else [])])
+
+
+def format_ike(p: IkeProposal) -> str:
+    """``aes256gcm16-prfsha384-x25519``; the PRF is left out when the integrity algorithm implies it."""
+    parts = [_ENCR_NAMES[Encr(p.encr)].format(bits=p.encr_key_bits)]
+    if p.integ is not None:
+        parts.append(_INTEG_NAMES[Integ(p.integ)])
+    if p.integ is None or _PRF_OF_INTEG[Integ(p.integ)] != p.prf:
+        parts.append(_PRF_NAMES[PrfId(p.prf)])
+    parts.append(_KE_NAMES[KeId(p.ke)])
     return "-".join(parts)
 
 

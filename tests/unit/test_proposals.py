@@ -121,3 +121,157 @@ def test_every_esp_transform_round_trips_through_its_name(t):
 def test_every_ah_transform_round_trips_through_its_name(integ, esn):
     t = Transform(None, integ=integ, esn=esn)
     assert parse_ah(format_transform(t)) == t
+
+
+# --- IKE SA proposals (RFC 8247) --------------------------------------------------------------------------------
+
+from xdpsec.ike.conf import ChildProposal, IkeProposal  # noqa: E402
+from xdpsec.ike.consts import EncrId, IntegId, KeId, PrfId  # noqa: E402
+from xdpsec.proposals import (  # noqa: E402
+    MAX_PROPOSALS,
+    format_child,
+    format_ike,
+    parse_child,
+    parse_ike,
+)
+from xdpsec.sa import Protocol  # noqa: E402
+
+P256, P384, P512 = PrfId.HMAC_SHA2_256, PrfId.HMAC_SHA2_384, PrfId.HMAC_SHA2_512
+A256 = IntegId.HMAC_SHA2_256_128
+
+# (proposal, IkeProposal alternatives in order, canonical names)
+IKE_VALID = [
+    ("aes256gcm16-prfsha384-x25519", [IkeProposal(EncrId.AES_GCM_16, 256, None, P384, KeId.CURVE25519)],
+     ["aes256gcm16-prfsha384-x25519"]),
+    # strongSwan: without a PRF token the PRF follows the integrity algorithm
+    ("aes128-sha256-modp3072", [IkeProposal(EncrId.AES_CBC, 128, A256, P256, KeId.MODP3072)],
+     ["aes128-sha256-modp3072"]),
+    ("chacha20poly1305-prfsha256-ecp256", [IkeProposal(EncrId.CHACHA20_POLY1305, 256, None, P256, KeId.ECP256)],
+     ["chacha20poly1305-prfsha256-ecp256"]),
+    ("aes256-sha512-prfsha384-curve448", [IkeProposal(EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_512_256, P384,
+                                                      KeId.CURVE448)], ["aes256-sha512-prfsha384-x448"]),
+    ("AES192GCM128-PRFSHA512-ECP521", [IkeProposal(EncrId.AES_GCM_16, 192, None, P512, KeId.ECP521)],
+     ["aes192gcm16-prfsha512-ecp521"]),
+    ("aes128-sha2_256-sha256-modp2048", [IkeProposal(EncrId.AES_CBC, 128, A256, P256, KeId.MODP2048)],
+     ["aes128-sha256-modp2048"]),  # one algorithm under two names is not two alternatives
+    ("aes128gcm16-aes256gcm16-prfsha256-x25519-modp4096", [
+        IkeProposal(EncrId.AES_GCM_16, 128, None, P256, KeId.CURVE25519),
+        IkeProposal(EncrId.AES_GCM_16, 128, None, P256, KeId.MODP4096),
+        IkeProposal(EncrId.AES_GCM_16, 256, None, P256, KeId.CURVE25519),
+        IkeProposal(EncrId.AES_GCM_16, 256, None, P256, KeId.MODP4096),
+    ], ["aes128gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-modp4096", "aes256gcm16-prfsha256-x25519",
+        "aes256gcm16-prfsha256-modp4096"]),
+]
+
+
+@pytest.mark.parametrize("text,expected,names", IKE_VALID)
+def test_ike_valid(text, expected, names):
+    assert parse_ike(text) == expected
+    assert [format_ike(p) for p in expected] == names
+
+
+def test_ike_alternatives_expand_like_strongswan():
+    got = parse_ike("aes128-aes256-sha256-sha384-modp3072-x25519")
+    # 2 ciphers x 2 integrity x 2 PRFs (one per integrity algorithm) x 2 groups, first choices first
+    assert len(got) == 16 and len(set(got)) == 16
+    assert got[0] == IkeProposal(EncrId.AES_CBC, 128, A256, P256, KeId.MODP3072)
+    assert got[-1] == IkeProposal(EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_384_192, P384, KeId.CURVE25519)
+    assert {p.prf for p in got} == {P256, P384}
+
+
+IKE_REFUSED = [
+    ("aes128-sha256-modp1024", ["modp1024", "'SHOULD NOT'", "RFC 8247 §2.4"]),
+    ("aes128-sha256-modp768", ["modp768", "'MUST NOT'", "RFC 8247 §2.4"]),
+    ("aes128-sha256-modp1536", ["'SHOULD NOT'", "RFC 8247 §2.4"]),
+    ("aes128-sha256-modp2048s256", ["group 24", "'SHOULD NOT'"]),
+    ("des-sha256-modp2048", ["ENCR_DES is 'MUST NOT'", "RFC 8247 §2.1"]),
+    ("3des-sha256-modp2048", ["ENCR_3DES", "'MAY'", "RFC 8247 §2.1", "64-bit block"]),
+    ("aes128-md5-modp2048", ["AUTH_HMAC_MD5_96 is 'MUST NOT'", "RFC 8247 §2.3"]),
+    ("aes128-sha256-prfmd5-modp2048", ["PRF_HMAC_MD5 is 'MUST NOT'", "RFC 8247 §2.2"]),
+    ("aes128-sha1-modp2048", ["AUTH_HMAC_SHA1_96 is 'MUST-'", "RFC 8247 §2.3", "use sha256"]),
+    ("aes128-sha256-prfsha1-modp2048", ["PRF_HMAC_SHA1 is 'MUST-'", "RFC 8247 §2.2", "use prfsha256"]),
+    ("aes128gcm8-prfsha256-x25519", ["8-octet ICV", "RFC 8247 §2.1", "aes128gcm16"]),
+    ("aes256gcm12-prfsha256-x25519", ["12-octet ICV", "aes256gcm16"]),
+    ("null-sha256-x25519", ["ENCR_NULL is not allowed for IKEv2"]),
+    ("aes128-sha256-x25519-ke1_mlkem768", ["ke1_mlkem768", "not yet supported", "RFC 9370"]),
+    ("aes128-sha256-mlkem768", ["not yet supported", "ML-KEM-768"]),
+    ("aes128gcm16-x25519", ["AEAD cipher", "name one", "aes128gcm16-prfsha256-x25519"]),
+    ("aes128gcm16-sha256-prfsha256-x25519", ["AEAD", "remove 'sha256'"]),
+    ("aes128gcm16-aes128-sha256-x25519", ["mixes AEAD ciphers", "write two proposals"]),
+    ("aes128-x25519", ["needs an integrity algorithm", "aes128-sha256-x25519"]),
+    ("aes128-sha256", ["no key exchange method", "aes128-sha256-x25519"]),
+    ("sha256-prfsha256-x25519", ["no encryption algorithm"]),
+    ("aes128-sha256-x25519-esn", ["extended sequence numbers belong to ESP/AH"]),
+    ("aes128-sha256-ecp192", ["unknown algorithm 'ecp192'", "x25519"]),
+]
+
+
+@pytest.mark.parametrize("text,fragments", IKE_REFUSED)
+def test_ike_refused(text, fragments):
+    with pytest.raises(ProposalError) as e:
+        parse_ike(text)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_the_largest_expansion_fits_one_sa_payload():
+    text = "aes128-aes192-aes256-sha256-sha384-sha512-prfsha256-prfsha384-prfsha512-" \
+           "modp2048-modp3072-modp4096-ecp256-ecp384-ecp521-x25519-x448-curve25519"
+    got = parse_ike(text)
+    assert len(got) == len(set(got)) == 3 * 3 * 3 * 8 <= MAX_PROPOSALS  # curve25519 is x25519: 8 groups
+
+
+CHILD_VALID = [
+    ("aes128gcm16-x25519", Protocol.ESP, [ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.CURVE25519)]),
+    ("aes128-sha256-modp3072", Protocol.ESP, [ChildProposal(Protocol.ESP, Transform(CBC, 128, S256),
+                                                            KeId.MODP3072)]),
+    ("aes256gcm16-esn", Protocol.ESP, [ChildProposal(Protocol.ESP, Transform(GCM, 256, esn=True))]),
+    ("aes128gcm16-esn-noesn", Protocol.ESP, [ChildProposal(Protocol.ESP, Transform(GCM, 128, esn=True)),
+                                             ChildProposal(Protocol.ESP, Transform(GCM, 128))]),
+    ("aes128gcm16-chacha20poly1305-ecp256", Protocol.ESP, [
+        ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.ECP256),
+        ChildProposal(Protocol.ESP, Transform(CHACHA, 256), KeId.ECP256)]),
+    ("sha384-x448", Protocol.AH, [ChildProposal(Protocol.AH, Transform(None, integ=S384), KeId.CURVE448)]),
+]
+
+
+@pytest.mark.parametrize("text,protocol,expected", CHILD_VALID)
+def test_child_valid(text, protocol, expected):
+    assert parse_child(text, protocol) == expected
+    for p in expected:
+        assert parse_child(format_child(p), protocol) == [p]
+
+
+@pytest.mark.parametrize("text,protocol,fragments", [
+    ("aes128gcm16-modp1024", Protocol.ESP, ["modp1024", "'SHOULD NOT'", "RFC 8247 §2.4"]),
+    ("aes128-sha1-x25519", Protocol.ESP, ["sha1", "RFC 8221 §6"]),
+    ("aes128gcm16-prfsha256", Protocol.ESP, ["'prfsha256' is a PRF", "only IKE proposals"]),
+    ("aes128gcm16-x25519-ke1_mlkem768", Protocol.ESP, ["not yet supported"]),
+    ("aes128gcm16-x25519", Protocol.AH, ["AH does not encrypt"]),
+])
+def test_child_refused(text, protocol, fragments):
+    with pytest.raises(ProposalError) as e:
+        parse_child(text, protocol)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_manual_keying_refuses_pfs_groups():
+    with pytest.raises(ProposalError, match="key exchange method: PFS needs IKE"):
+        parse_esp("aes128gcm16-x25519")
+
+
+_IKE_PROPOSALS = st.one_of(
+    st.builds(IkeProposal, st.just(EncrId.AES_GCM_16), st.sampled_from([128, 192, 256]), st.none(),
+              st.sampled_from([P256, P384, P512]), st.sampled_from(
+                  [KeId.MODP2048, KeId.MODP3072, KeId.MODP4096, KeId.ECP256, KeId.ECP384, KeId.ECP521,
+                   KeId.CURVE25519, KeId.CURVE448])),
+    st.builds(IkeProposal, st.just(EncrId.AES_CBC), st.sampled_from([128, 192, 256]),
+              st.sampled_from([IntegId.HMAC_SHA2_256_128, IntegId.HMAC_SHA2_384_192, IntegId.HMAC_SHA2_512_256]),
+              st.sampled_from([P256, P384, P512]), st.sampled_from([KeId.MODP3072, KeId.CURVE25519])),
+)
+
+
+@given(_IKE_PROPOSALS)
+def test_every_ike_proposal_round_trips_through_its_name(p):
+    assert parse_ike(format_ike(p)) == [p]
