@@ -27,6 +27,13 @@
 #include "spd.h"
 
 #define IKE_PORT 500                    /* RFC 7296 2 */
+
+/* ICMPv6 types that belong to the link: MLD query/report/done (RFC 2710) and MLDv2 report (RFC 3810), router
+ * and neighbour solicitation/advertisement and redirect (RFC 4861). */
+static __always_inline int icmpv6_link_control(__u16 type)
+{
+	return (type >= 130 && type <= 137) || type == 143;
+}
 #define NON_ESP_MARKER_LEN 4            /* RFC 3948 2.2: four zero bytes where an SPI would be */
 #define NAT_KEEPALIVE_BYTE 0xFF         /* RFC 3948 2.3: a single 0xFF byte */
 #define XS_TO_SPD -1                    /* not IPsec for us after all: continue in the SPD program */
@@ -107,6 +114,14 @@ int xdpsec_classify(struct xdp_md *ctx)
 		}
 		if (pkt.dport == cfg->encap_port)
 			rc = classify_encap(ctx, ifc, &pkt, c.pos);
+	} else if (pkt.proto == IPPROTO_ICMPV6_ && pkt.l4_off && icmpv6_link_control(pkt.sport)) {
+		/*
+		 * Neighbour discovery and MLD are the link's own control traffic and bypass IPsec like IKE (RFC 4301
+		 * 4.4.1: an SPD that protected them would stop the hosts from finding each other's MAC; IPv4's
+		 * equivalent, ARP, is not IP and never reaches the SPD). A host-to-host transport policy covers the
+		 * peer's unicast Neighbour Advertisements otherwise.
+		 */
+		return pass();
 	}
 	if (rc != XS_TO_SPD)
 		return rc;

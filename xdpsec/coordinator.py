@@ -186,6 +186,7 @@ class Gateway:
         """Create the veth pair that carries this host's own protected traffic, if any child needs it."""
         host_addrs = {a for iface in self.ifaces.values() for a in iface.addrs}
         children = [(out_p.local_ts, out_p.remote_ts) for _child, out_p, _in_p in self.cfg.manual_sas()]
+        children += [(ch.local_ts, ch.remote_ts) for conn in self.cfg.ike_connections() for ch in conn.children]
         routes = local_routes(children, host_addrs)
         if not routes:
             return

@@ -1,6 +1,7 @@
 """The thin I/O shell around the sans-IO IKEv2 core: UDP sockets, the clock, and the data path.
 
-One thread owns the `IkeManager`. It waits on the IKE sockets (UDP 500 and 4500 on each local address, IPv4
+One thread owns the `IkeManager`. Time is wall-clock (`time.time()`): the core checks certificate validity
+against it, and its timers are relative anyway. It waits on the IKE sockets (UDP 500 and 4500 on each local address, IPv4
 and IPv6), a wake-up pipe for commands, and the manager's next timer; it feeds datagrams in with the time,
 sends what the manager hands back, and turns its events into data-path changes:
 
@@ -112,7 +113,7 @@ class IkeService:
         while not self.stopping.is_set():
             with self.lock:
                 timer = self.manager.get_timer()
-            now = time.monotonic()
+            now = time.time()
             timeout = None if timer is None else max(0.0, timer - now)
             for key, _ev in self.sel.select(timeout if timeout is not None else 1.0):
                 if key.data is None:
@@ -125,7 +126,7 @@ class IkeService:
             try:
                 with self.lock:
                     self._commands()
-                    now = time.monotonic()
+                    now = time.time()
                     timer = self.manager.get_timer()
                     if timer is not None and timer <= now:
                         self.manager.handle_timer(now)
@@ -155,7 +156,7 @@ class IkeService:
             remote = (ipaddress.ip_address(peer[0].split("%")[0]), peer[1])
             try:
                 with self.lock:
-                    self.manager.receive_datagram(data, local, remote, time.monotonic())
+                    self.manager.receive_datagram(data, local, remote, time.time())
             except Exception:
                 self.errors += 1
                 log.exception("IKE: unexpected error on a datagram from %s (counted)", remote[0])
@@ -179,7 +180,7 @@ class IkeService:
                 op, *args = self.commands.get_nowait()
             except queue.Empty:
                 return
-            now = time.monotonic()
+            now = time.time()
             if op == "initiate":
                 self.manager.initiate(args[0], args[1], now)
             elif op == "terminate":

@@ -178,7 +178,7 @@ DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128gcm16", "chacha20poly1305", "aes1
 
 #: Proposal Num is one octet (RFC 7296 §3.3.1): no SA payload holds more proposals than this. One string
 #: expands to at most 216 (3 AES-CBC x 3 integrity x 3 PRFs x 8 groups); a list of strings can exceed it.
-MAX_PROPOSALS = 255
+MAX_PROPOSALS = 64  # what xdpsec.ike.wire sends and accepts in one SA payload (bounded work on input)
 
 
 def _tokens(s: str, what: str) -> list[str]:

@@ -14,6 +14,9 @@ import struct
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -315,6 +318,21 @@ def test_cleartext_matching_inbound_protect_dropped(clf, run):
     clf.set_policies([policy(1, PolicyDir.OUT, Action.PROTECT, *OUT_LAN, child="c"),
                       policy(2, PolicyDir.IN, Action.PROTECT, *IN_LAN)], {"c": 0})
     assert_dropped(run(cleartext(src=REMOTE4, dst=LAN4)), DropReason.POLICY_CLEARTEXT)
+
+
+@pytest.mark.parametrize("icmp,passes", [
+    (ICMPv6ND_NA(tgt="2001:db8:c::2"), True),    # RFC 4861: the answer a host needs to reach its peer at all
+    (ICMPv6ND_NS(tgt="2001:db8:c::1"), True),
+    (ICMPv6EchoRequest(), False),                # ordinary ICMPv6 between protected hosts is not exempt
+])
+def test_neighbour_discovery_bypasses_a_host_to_host_policy(clf, run, icmp, passes):
+    # A transport-mode pair protects everything between the two addresses: ND must still flow in clear.
+    clf.set_policies([policy(1, PolicyDir.IN, Action.PROTECT, "2001:db8:c::2/128", "2001:db8:c::1/128")], {})
+    out = run(bytes(eth() / IPv6(src="2001:db8:c::2", dst="2001:db8:c::1", hlim=255) / icmp))
+    if passes:
+        assert_passed(out)
+    else:
+        assert_dropped(out, DropReason.POLICY_CLEARTEXT)
 
 
 def test_inbound_discard_and_bypass(clf, run):

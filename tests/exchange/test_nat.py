@@ -1,0 +1,77 @@
+"""NAT traversal (RFC 7296 §2.23, RFC 3948): detection, floating to port 4500, ESP-in-UDP children."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import IP, UDP
+
+from tests.exchange.conftest import A_ADDR, B_ADDR, NAT_PUBLIC, child_up, conn_a, up
+from tests.exchange.test_ike_auth import assert_carries, assert_mirror
+from xdpsec.esp.mode import InboundSA, OutboundSA, protect, unprotect
+from xdpsec.ike.tasks.ike_init import nat_hash
+from xdpsec.sa import UdpEncap
+
+
+def test_nat_hash_is_sha1_of_spis_address_port():
+    # §2.23: SHA-1(SPIi | SPIr | IP | port), computed independently here with hashlib's SHA-1 of the concatenation.
+    import hashlib
+    want = hashlib.sha1(bytes.fromhex("0102030405060708" "0000000000000000" "c0000201" "01f4")).digest()
+    assert nat_hash(0x0102030405060708, 0, A_ADDR, 500) == want
+
+
+def test_behind_a_nat(make_link):
+    link = make_link(nat=True)
+    # IKE_SA_INIT  HDR, SAi1, KEi, Ni, N(NAT_DETECTION_SOURCE_IP(192.0.2.1:500)), N(NAT_DETECTION_DESTINATION_IP) -->
+    #              (the NAT rewrites the source to 203.0.113.1:40000; B's hash differs: A is behind a NAT)
+    #              <--  HDR, SAr1, KEr, Nr, N(NAT_DETECTION_*)
+    # IKE_AUTH     from port 4500 on both ends (§2.23), B follows A's new mapping
+    up(link)
+    a_sa, b_sa = link.a.ike_sas()[0], link.b.ike_sas()[0]
+    assert a_sa["nat"] == {"local": True, "remote": False}
+    assert b_sa["nat"] == {"local": False, "remote": True}
+    assert a_sa["local"] == "192.0.2.1[4500]" and a_sa["remote"] == "192.0.2.2[4500]"
+    assert b_sa["remote"] == "203.0.113.1[40001]"   # the NAT's second mapping: A's port 4500
+    a, b = child_up(link, "a"), child_up(link, "b")
+    assert_mirror(a, b)
+    assert a.out.encap == UdpEncap(4500, 4500) and b.out.encap == UdpEncap(4500, 40001)
+    assert b.out.remote == NAT_PUBLIC
+    # A -> B: ESP in UDP, through the NAT (source rewritten), into B's inbound SA.
+    inner = bytes(IP(src="198.51.100.1", dst="198.51.100.129") / UDP(sport=7, dport=7) / b"x")
+    outer = IP(protect(OutboundSA(a.out), inner))
+    assert outer[UDP].dport == 4500
+    outer.src, outer[UDP].sport = str(NAT_PUBLIC), 40001
+    del outer.chksum, outer[UDP].chksum
+    assert unprotect(InboundSA(b.inb), bytes(outer)) == inner
+    # B -> A: to the mapping, translated back by the NAT.
+    inner = bytes(IP(src="198.51.100.129", dst="198.51.100.1") / UDP(sport=7, dport=7) / b"y")
+    outer = IP(protect(OutboundSA(b.out), inner))
+    assert (outer.dst, outer[UDP].dport) == (str(NAT_PUBLIC), 40001)
+    outer.dst, outer[UDP].dport = str(A_ADDR), 4500
+    del outer.chksum, outer[UDP].chksum
+    assert unprotect(InboundSA(a.inb), bytes(outer)) == inner
+
+
+def test_forced_encapsulation_without_a_nat(make_link):
+    link = make_link(conn_a(encap=True))
+    # A fakes its NAT_DETECTION_SOURCE_IP (as strongSwan does with encap=yes), so B sees a NAT too.
+    up(link)
+    assert link.a.ike_sas()[0]["nat"]["local"] and link.b.ike_sas()[0]["nat"]["remote"]
+    a, b = child_up(link, "a"), child_up(link, "b")
+    assert a.out.encap == b.out.encap == UdpEncap(4500, 4500)
+    assert (a.out.remote, b.out.remote) == (B_ADDR, A_ADDR)
+    assert_carries(a.out, b.inb, "198.51.100.1", "198.51.100.129")
+    assert_carries(b.out, a.inb, "198.51.100.129", "198.51.100.1")
+
+
+def test_peer_claiming_a_nat_makes_us_float(make_link):
+    """The strongSwan peer in the interop tests fakes a NAT: as responder we must float with it."""
+    link = make_link(conn_a(encap=True))
+    up(link)
+    dgrams_port = link.b.ike_sas()[0]["local"]
+    assert dgrams_port == "192.0.2.2[4500]"
+    assert child_up(link, "b").inb.encap is not None
+
+
+def test_no_nat_stays_on_500(make_link):
+    link = make_link()
+    up(link)
+    assert link.a.ike_sas()[0]["local"].endswith("[500]") and child_up(link, "a").out.encap is None

@@ -1,0 +1,55 @@
+"""What the IKE core tells its shell: SAs that came up or went away, and failures worth reporting.
+
+The shell (coordinator) drains these with `IkeManager.next_event()` and acts: install a child's two SAs in the
+data path on `ChildUp`, remove them on `ChildDown`, log the rest. Events carry no secrets except inside
+`SAParams`, whose repr() hides its keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdpsec.sa import IPAddress, SAParams
+
+
+@dataclass(frozen=True)
+class IkeUp:
+    conn: str
+    ispi: int
+    rspi: int
+    peer: tuple[IPAddress, int]
+
+
+@dataclass(frozen=True)
+class IkeDown:
+    conn: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildUp:
+    """Both SAs of a child: install exactly these. `out.spi` is the peer's SPI, `inb.spi` the one we chose."""
+
+    conn: str
+    child: str
+    out: SAParams
+    inb: SAParams
+
+
+@dataclass(frozen=True)
+class ChildDown:
+    conn: str
+    child: str
+    out_spi: int
+    in_spi: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An exchange failed: `reason` names the notify (e.g. "AUTHENTICATION_FAILED") or says what happened."""
+
+    conn: str
+    reason: str
+
+
+Event = IkeUp | IkeDown | ChildUp | ChildDown | Failure

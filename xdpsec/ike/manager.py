@@ -1,0 +1,237 @@
+"""IkeManager: every IKE SA of the gateway, the datagrams between them and the shell, timers, events.
+
+Sans-IO (aioquic's shape): the shell calls `receive_datagram(data, local, remote, now)` for each UDP payload
+(without the non-ESP marker on port 4500), then sends `datagrams_to_send()`, sleeps until `get_timer()`, calls
+`handle_timer(now)`, and drains `next_event()`. `now` is UNIX time in seconds: certificate validity is checked
+against it.
+
+Routing (RFC 7296 §2.6): an IKE SA is found by *our* SPI, the responder SPI of messages from an original
+initiator (I flag set) and the initiator SPI otherwise. A new IKE_SA_INIT request (responder SPI zero) creates
+a half-open SA, bounded by `max_half_open`; its retransmissions are recognised by (initiator SPI, peer) and
+answered from the SA's cache. Messages for SPIs we do not know are dropped: §2.21.4 allows INVALID_IKE_SPI
+there but does not require it, and an unauthenticated answer to spoofed sources would make us a reflector.
+Nothing a peer sends makes `receive_datagram` raise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+
+from xdpsec.ike import wire
+from xdpsec.ike.conf import ChildConfig, IkeConnConfig
+from xdpsec.ike.consts import ExchangeType
+from xdpsec.ike.events import ChildDown, Event
+from xdpsec.ike.sa import Addr, IkeSA, Services, State
+from xdpsec.ike.tasks.child_create import ChildCreate
+from xdpsec.ike.tasks.ike_auth import IkeAuth
+from xdpsec.ike.tasks.ike_init import IkeInit
+from xdpsec.ike.tasks.informational import DeleteChild
+from xdpsec.sa import IPAddress
+
+_HALF_OPEN = (State.CREATED, State.CONNECTING)
+
+
+class IkeManager:
+    def __init__(self, conns: Sequence[IkeConnConfig], *, rng: Callable[[int], bytes] = os.urandom,
+                 spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024):
+        self.conns = {c.name: c for c in conns}
+        self.stats: Counter[str] = Counter()
+        self._rng = rng
+        self._spi_in_use = spi_in_use
+        self._max_half_open = max_half_open
+        self._sas: dict[int, IkeSA] = {}                    # by our SPI
+        self._half_open: dict[tuple[int, Addr], IkeSA] = {}  # responder: (peer's SPI, peer) -> SA
+        self._child_spis: set[int] = set()
+        self._events: deque[Event] = deque()
+        self._out: list[tuple[bytes, Addr, Addr]] = []
+        self._services = Services(rng=rng, new_child_spi=self._new_child_spi, emit=self._emit,
+                                  send=lambda data, local, remote: self._out.append((data, local, remote)),
+                                  count=self._count, reinitiate=self._reinitiate)
+        self._now = 0.0
+        #: Re-raise internal errors instead of counting them: for tests, which must see our bugs.
+        self.strict = False
+
+    # --- the shell's API ----------------------------------------------------------------------------------
+
+    def initiate(self, conn: str, child: str | None, now: float) -> None:
+        """Bring up `child` of `conn` (all children if None): in IKE_AUTH when no IKE SA exists yet,
+        else with CREATE_CHILD_SA on the established one."""
+        self._now = now
+        cfg = self._conn(conn)
+        children = self._children(cfg, child)
+        ike = self._active(conn)
+        if ike is None:
+            if not cfg.local_addrs or not cfg.remote_addrs:
+                raise ValueError(f"{conn}: initiating needs a local and a remote address")
+            ike = IkeSA(cfg, initiator=True, ispi=self._new_ike_spi(), local=(cfg.local_addrs[0], cfg.local_port),
+                        remote=(cfg.remote_addrs[0], cfg.remote_port), services=self._services, now=now)
+            self._sas[ike.ispi] = ike
+            ike.queue([IkeInit(ike, initiator=True)], now)
+            first, children = children[0], children[1:]
+            ike.queue([IkeAuth(ike, initiator=True),
+                       ChildCreate(ike, initiator=True, child=first, in_ike_auth=True)], now)
+        for c in children:
+            ike.queue([ChildCreate(ike, initiator=True, child=c)], now)
+        self._sweep()
+
+    def terminate(self, conn: str, now: float) -> None:
+        """Delete every IKE SA of `conn` (INFORMATIONAL Delete, §1.4.1); ChildDown/IkeDown follow."""
+        self._now = now
+        self._conn(conn)
+        for ike in [s for s in self._sas.values() if s.name == conn]:
+            ike.delete("terminated", now)
+        self._sweep()
+
+    def terminate_child(self, conn: str, child: str, now: float) -> None:
+        """Delete the child SAs named `child` of `conn` (§1.4.1)."""
+        self._now = now
+        for ike in [s for s in self._sas.values() if s.name == conn and s.state == State.ESTABLISHED]:
+            for c in [c for c in ike.children if c.name == child]:
+                ike.queue([DeleteChild(ike, initiator=True, in_spi=c.inb.spi, protocol=c.inb.protocol)], now)
+        self._sweep()
+
+    def receive_datagram(self, data: bytes, local: tuple[IPAddress, int], remote: tuple[IPAddress, int],
+                         now: float) -> None:
+        self._now = now
+        try:
+            msg = wire.decode(data)
+        except wire.IkeError:
+            self._count("malformed")
+            return
+        except Exception:  # a parser bug must not take the gateway down; count it loudly
+            self._count("parser_bug")
+            if self.strict:
+                raise
+            return
+        try:
+            ike = self._route(msg, local, remote, now)
+            if ike is not None:
+                ike.receive(msg, bytes(data), local, remote, now)
+        except Exception:  # same: one peer's message must not stop the others
+            self._count("internal_error")
+            if self.strict:
+                raise
+        self._sweep()
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[IPAddress, int], tuple[IPAddress, int]]]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (ike.get_timer() for ike in self._sas.values()) if t is not None]
+        return min(timers, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        for ike in list(self._sas.values()):
+            ike.now = now
+            ike.handle_timer(now)
+        self._sweep()
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def ike_sas(self) -> list[dict]:
+        return [ike.info() for ike in self._sas.values() if ike.state != State.DEAD]
+
+    # --- routing ------------------------------------------------------------------------------------------
+
+    def _route(self, msg: wire.Message, local: Addr, remote: Addr, now: float) -> IkeSA | None:
+        ispi, rspi = int.from_bytes(msg.ispi, "big"), int.from_bytes(msg.rspi, "big")
+        if msg.exchange == ExchangeType.IKE_SA_INIT and rspi == 0 and not msg.is_response:
+            return self._responder_for(ispi, local, remote, now)
+        ike = self._sas.get(rspi if msg.is_initiator else ispi)
+        if ike is None or (ike.initiator == msg.is_initiator) or ike.state == State.DEAD:
+            self._count("unknown_spi")
+            return None
+        peer_spi = ispi if msg.is_initiator else rspi
+        if ike.initiator and ike.rspi == 0 and msg.exchange == ExchangeType.IKE_SA_INIT:
+            return ike  # the IKE_SA_INIT response tells us the responder's SPI
+        if peer_spi != (ike.ispi if msg.is_initiator else ike.rspi):
+            self._count("unknown_spi")
+            return None
+        return ike
+
+    def _responder_for(self, ispi: int, local: Addr, remote: Addr, now: float) -> IkeSA | None:
+        ike = self._half_open.get((ispi, remote))
+        if ike is not None:
+            return ike  # a retransmitted IKE_SA_INIT: the SA answers from its cache
+        if len(self._half_open) >= self._max_half_open:
+            self._count("half_open_limit")
+            return None
+        cfg = self._conn_for(local[0], remote[0])
+        if cfg is None:
+            self._count("no_matching_conn")
+            return None
+        ike = IkeSA(cfg, initiator=False, ispi=ispi, local=local, remote=remote, services=self._services, now=now)
+        ike.rspi = self._new_ike_spi()
+        self._sas[ike.rspi] = ike
+        self._half_open[(ispi, remote)] = ike
+        return ike
+
+    def _conn_for(self, local: IPAddress, remote: IPAddress) -> IkeConnConfig | None:
+        """The first connection whose addresses allow this pair (empty lists allow any address)."""
+        for cfg in self.conns.values():
+            if (not cfg.local_addrs or local in cfg.local_addrs) and (not cfg.remote_addrs
+                                                                       or remote in cfg.remote_addrs):
+                return cfg
+        return None
+
+    # --- bookkeeping --------------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        for key, ike in list(self._half_open.items()):
+            if ike.state not in _HALF_OPEN:
+                del self._half_open[key]
+        for spi, ike in list(self._sas.items()):
+            if ike.state == State.DEAD:
+                del self._sas[spi]
+
+    def _emit(self, event: Event) -> None:
+        if isinstance(event, ChildDown):
+            self._child_spis.discard(event.in_spi)
+        self._events.append(event)
+
+    def _count(self, what: str) -> None:
+        self.stats[what] += 1
+
+    def _new_ike_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self._rng(8), "big")
+            if spi and spi not in self._sas:
+                return spi
+
+    def _new_child_spi(self) -> int:
+        """A fresh inbound SPI: not reserved (RFC 4303 §2.1), not ours already, not in the data path."""
+        while True:
+            spi = int.from_bytes(self._rng(4), "big")
+            if spi >= 0x100 and spi not in self._child_spis and not self._spi_in_use(spi):
+                self._child_spis.add(spi)
+                return spi
+
+    def _reinitiate(self, conn: str, child: str | None) -> None:
+        """DPD action restart (after the peer was declared dead)."""
+        self.initiate(conn, child, self._now)
+
+    def _conn(self, name: str) -> IkeConnConfig:
+        try:
+            return self.conns[name]
+        except KeyError:
+            raise ValueError(f"no connection named {name!r}") from None
+
+    def _children(self, cfg: IkeConnConfig, child: str | None) -> list[ChildConfig]:
+        if child is None:
+            if not cfg.children:
+                raise ValueError(f"{cfg.name}: no children to initiate")
+            return list(cfg.children)
+        found = [c for c in cfg.children if c.name == child]
+        if not found:
+            raise ValueError(f"{cfg.name}: no child named {child!r}")
+        return found
+
+    def _active(self, conn: str) -> IkeSA | None:
+        """An IKE SA of `conn` that can carry more children: established, or ours and still connecting."""
+        return next((s for s in self._sas.values() if s.name == conn and (
+            s.state == State.ESTABLISHED or (s.initiator and s.state in _HALF_OPEN))), None)

@@ -1,0 +1,419 @@
+"""One IKE SA: its state, message IDs, the window of one, retransmission, SK protection and the task queue.
+
+Exchanges are tasks (xdpsec/ike/tasks/, after strongSwan's libcharon): as initiator of an exchange the SA
+takes the next group of queued tasks, lets each `build()` into one request, and hands the response to each
+task's `process()`; as responder it creates the tasks for the exchange type, lets each `process()` the request
+and `build()` the response. Everything here is what the tasks share and must not each get wrong:
+
+* Message IDs and the window of one (RFC 7296 §2.3): our requests go out one at a time, numbered from 0;
+  a response is accepted only for the outstanding request. The peer's requests must arrive in order; the
+  last response is cached and resent, unprocessed, when the same request comes again (§2.1).
+* Retransmission (§2.1, §2.4): `retransmit_timeout` × 1.8ⁿ; after `retransmit_tries` resends and one more
+  timeout the peer is declared dead and the SA deleted.
+* SK payload protection (§3.14) for every exchange after IKE_SA_INIT; a message failing integrity is dropped
+  and counted, never answered.
+* The state machine, as data (`ACCEPTS`): which requests a responder takes in which state.
+* NAT traversal's address tracking (§2.23): once a NAT is detected, follow the peer's address and port
+  from the latest authenticated message.
+
+Nothing here does I/O or reads the clock: the manager passes `now` in and collects datagrams and events.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from xdpsec.crypto.ikecipher import IkeCipher, IntegrityError
+from xdpsec.ike import wire
+from xdpsec.ike.conf import DpdAction, IkeConnConfig, IkeProposal
+from xdpsec.ike.consts import ExchangeType, HeaderFlag
+from xdpsec.ike.events import ChildDown, Event, Failure, IkeDown
+from xdpsec.ike.keys import IkeKeys
+from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, responder_tasks
+from xdpsec.sa import IPAddress, SAParams
+
+Addr = tuple[IPAddress, int]
+
+#: strongSwan's factor: the n-th retransmission waits retransmit_timeout * 1.8**n.
+BACKOFF = 1.8
+#: A responder's IKE SA that never completes IKE_AUTH is forgotten after this (strongSwan's half_open_timeout).
+HALF_OPEN_TIMEOUT = 30.0
+NATT_PORT = 4500  # RFC 3948 §2.1
+
+
+class State(enum.Enum):
+    CREATED = "created"          # nothing exchanged yet
+    CONNECTING = "connecting"    # IKE_SA_INIT done: keys exist, nobody is authenticated (half-open)
+    ESTABLISHED = "established"  # IKE_AUTH done
+    DELETING = "deleting"        # our Delete of the IKE SA is on its way
+    DEAD = "dead"                # the manager forgets it
+
+
+#: Requests a responder accepts per state (RFC 7296 §1.2-§1.4; §2.2: IKE_SA_INIT then IKE_AUTH, then the rest).
+ACCEPTS: dict[State, frozenset[ExchangeType]] = {
+    State.CREATED: frozenset({ExchangeType.IKE_SA_INIT}),
+    State.CONNECTING: frozenset({ExchangeType.IKE_AUTH}),
+    State.ESTABLISHED: frozenset({ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL}),
+    State.DELETING: frozenset({ExchangeType.INFORMATIONAL}),
+    State.DEAD: frozenset(),
+}
+
+
+@dataclass
+class Services:
+    """What an IKE SA needs from its manager."""
+
+    rng: Callable[[int], bytes]
+    new_child_spi: Callable[[], int]
+    emit: Callable[[Event], None]
+    send: Callable[[bytes, Addr, Addr], None]
+    count: Callable[[str], None]
+    reinitiate: Callable[[str, str | None], None]
+
+
+@dataclass
+class Child:
+    """A child SA pair as negotiated; `out`/`inb` are what ChildUp carried."""
+
+    name: str
+    out: SAParams
+    inb: SAParams
+
+
+@dataclass
+class _Outstanding:
+    msg_id: int
+    exchange: ExchangeType
+    tasks: list[Task]
+    data: bytes
+    sent_at: float
+    tries: int = 0
+
+
+@dataclass
+class _CachedResponse:
+    msg_id: int
+    request_digest: bytes
+    data: bytes
+
+
+@dataclass
+class Crypto:
+    """The IKE SA's keys once IKE_SA_INIT is done. Never logged: no repr."""
+
+    proposal: IkeProposal
+    keys: IkeKeys = field(repr=False)
+    outbound: IkeCipher = field(repr=False)
+    inbound: IkeCipher = field(repr=False)
+
+
+class IkeSA:
+    def __init__(self, conn: IkeConnConfig, *, initiator: bool, ispi: int, local: Addr, remote: Addr,
+                 services: Services, now: float):
+        self.conn = conn
+        self.initiator = initiator
+        self.ispi = ispi
+        self.rspi = 0
+        self.local = local
+        self.remote = remote
+        self.services = services
+        self.state = State.CREATED
+        self.created = now
+        self.now = now  # the latest time the manager passed in; certificate checks need it (UNIX time)
+        self.last_heard = now
+        self.crypto: Crypto | None = None
+        # IKE_SA_INIT material that IKE_AUTH signs (§2.15) and child keys derive from (§2.17).
+        self.ni = b""
+        self.nr = b""
+        self.init_request = b""
+        self.init_response = b""
+        # NAT traversal (§2.23): is our side / the peer's side translated? Either one makes us float to 4500.
+        self.nat_local = False
+        self.nat_remote = False
+        self.peer_hash_algorithms: tuple[int, ...] = ()
+        self.peer_certreq = False
+        self.children: list[Child] = []
+        self.announced = False  # IkeUp was emitted, so IkeDown must follow
+        self._next_request_id = 0
+        self._next_peer_id = 0
+        self._outstanding: _Outstanding | None = None
+        self._cached: _CachedResponse | None = None
+        self._queue: deque[list[Task]] = deque()
+
+    # --- identity -----------------------------------------------------------------------------------------
+
+    @property
+    def my_spi(self) -> int:
+        return self.ispi if self.initiator else self.rspi
+
+    @property
+    def nat(self) -> bool:
+        return self.nat_local or self.nat_remote
+
+    @property
+    def name(self) -> str:
+        return self.conn.name
+
+    def reset_message_ids(self) -> None:
+        """§2.2: an IKE_SA_INIT retry (INVALID_KE_PAYLOAD, COOKIE) is sent with Message ID zero again."""
+        self._next_request_id = 0
+
+    # --- what callers drive -------------------------------------------------------------------------------
+
+    def queue(self, tasks: list[Task], now: float) -> None:
+        """Queue one exchange (its tasks build one request together) and start it if the window is free."""
+        self._queue.append(tasks)
+        self._kick(now)
+
+    def delete(self, reason: str, now: float) -> None:
+        """Tear down with an INFORMATIONAL Delete (§1.4.1), or silently if nobody was authenticated.
+
+        The Delete waits for an outstanding request (window of one, §2.3); nothing else queued goes out."""
+        from xdpsec.ike.tasks.informational import DeleteIke
+
+        if self.state == State.ESTABLISHED:
+            self.state = State.DELETING
+            self._queue.clear()
+            self.queue([DeleteIke(self, initiator=True, reason=reason)], now)
+        elif self.state != State.DELETING:
+            self.die(reason)
+
+    def float_to_natt(self) -> None:
+        """§2.23: with a NAT in the path, the initiator moves to port 4500 on both ends from IKE_AUTH on."""
+        self.local = (self.local[0], NATT_PORT)
+        self.remote = (self.remote[0], NATT_PORT)
+
+    def die(self, reason: str) -> None:
+        """Forget the SA: its children go down first, so the data path removes them before the IKE SA."""
+        if self.state == State.DEAD:
+            return
+        for child in self.children:
+            self.services.emit(ChildDown(self.name, child.name, child.out.spi, child.inb.spi))
+        self.children.clear()
+        if self.announced:
+            self.services.emit(IkeDown(self.name, reason))
+        self.state = State.DEAD
+        self._outstanding = None
+        self._queue.clear()
+
+    # --- sending ------------------------------------------------------------------------------------------
+
+    def _kick(self, now: float) -> None:
+        if self._outstanding is not None or not self._queue or self.state == State.DEAD:
+            return
+        tasks = self._queue.popleft()
+        exchange = tasks[0].exchange
+        payloads: list[wire.Payload] = []
+        for task in tasks:
+            task.build(payloads)
+        if self.state == State.DEAD:
+            return  # a task gave up while building (e.g. no signature scheme in common)
+        msg_id = self._next_request_id
+        data = self.encode(exchange, msg_id, response=False, payloads=payloads)
+        if exchange == ExchangeType.IKE_SA_INIT:
+            self.init_request = data
+        self._outstanding = _Outstanding(msg_id, exchange, tasks, data, now)
+        self.services.send(data, self.local, self.remote)
+
+    def encode(self, exchange: ExchangeType, msg_id: int, *, response: bool,
+               payloads: list[wire.Payload]) -> bytes:
+        flags = (HeaderFlag.INITIATOR if self.initiator else 0) | (HeaderFlag.RESPONSE if response else 0)
+        header = wire.Message(self.ispi.to_bytes(8, "big"), self.rspi.to_bytes(8, "big"), exchange, flags,
+                              msg_id, tuple(payloads))
+        if self.crypto is None or exchange == ExchangeType.IKE_SA_INIT:
+            return wire.encode(header)
+        cipher = self.crypto.outbound
+        return wire.encode_encrypted(header, payloads, cipher.seal, cipher.sealed_len)
+
+    # --- receiving ----------------------------------------------------------------------------------------
+
+    def receive(self, msg: wire.Message, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        """A datagram whose header names this SA. Never raises for anything the network can send."""
+        self.now = now
+        if msg.is_response:
+            self._receive_response(msg, data, local, remote, now)
+        else:
+            self._receive_request(msg, data, local, remote, now)
+
+    def _open(self, msg: wire.Message, data: bytes) -> Inbound | None:
+        """The payloads of `msg`, decrypted and authenticated when the SA has keys; None means drop."""
+        if self.crypto is None:
+            if msg.exchange != ExchangeType.IKE_SA_INIT:
+                self.services.count("unexpected_exchange")
+                return None
+            return Inbound(msg, msg.payloads)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            self.services.count("unexpected_exchange")
+            return None
+        try:
+            _header, aad, first, body = wire.split_encrypted(data)
+            plain = self.crypto.inbound.open(aad, body)
+            return Inbound(msg, tuple(wire.decode_payloads(first, plain)))
+        except IntegrityError:
+            self.services.count("integrity_failed")  # §2.21.1: never answer what does not authenticate
+        except wire.IkeError:
+            self.services.count("malformed_inner")
+        return None
+
+    def _follow_peer(self, local: Addr, remote: Addr) -> None:
+        """§2.23: behind a NAT the peer's address and port are whatever its latest authenticated message came
+        from; our own local port changes when the peer floats to 4500."""
+        if self.nat and (local, remote) != (self.local, self.remote):
+            self.local, self.remote = local, remote
+
+    def _receive_request(self, msg: wire.Message, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        digest = hashlib.sha256(data).digest()
+        cached = self._cached
+        if cached is not None and msg.msg_id == cached.msg_id:
+            # §2.1: a retransmitted request gets the same response again, without being processed again.
+            if cached.request_digest == digest:
+                self.services.count("response_resent")
+                self.services.send(cached.data, self.local, self.remote)
+            else:
+                self.services.count("message_id_reused")
+            return
+        if msg.msg_id != self._next_peer_id:
+            self.services.count("message_id_out_of_window")  # §2.3: outside a window of one
+            return
+        if msg.exchange not in ACCEPTS[self.state]:
+            self.services.count("unexpected_exchange")
+            return
+        inbound = self._open(msg, data)
+        if inbound is None:
+            return
+        self.last_heard = now
+        self._follow_peer(local, remote)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            self.init_request = data
+        response, fatal = self._respond(responder_tasks(self, msg.exchange), inbound)
+        if fatal is not None and self.crypto is None:
+            # IKE_SA_INIT refused: answer in the clear without a responder SPI (§2.6) and keep no state.
+            self.rspi = 0
+            self.services.send(self.encode(msg.exchange, msg.msg_id, response=True, payloads=response),
+                               self.local, self.remote)
+            self.die(fatal)
+            return
+        out = self.encode(msg.exchange, msg.msg_id, response=True, payloads=response)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            self.init_response = out
+        self._next_peer_id = msg.msg_id + 1
+        self._cached = _CachedResponse(msg.msg_id, digest, out)
+        self.services.send(out, self.local, self.remote)
+        if fatal is not None:
+            self.services.emit(Failure(self.name, fatal))
+            self.die(fatal)
+
+    def _respond(self, tasks: list[Task], inbound: Inbound) -> tuple[list[wire.Payload], str | None]:
+        """Process the request with every task and build the response. An IkeError becomes a notify-only
+        answer (§2.21); before IKE_AUTH has completed it also ends the SA (§2.21.2): the second value says why."""
+        try:
+            for task in tasks:
+                task.process(inbound)
+        except wire.IkeError as e:
+            self.services.count(f"error_sent_{notify_name(e.notify)}")
+            fatal = None if self.state == State.ESTABLISHED else f"{notify_name(e.notify)}: {e.message}"
+            return [notify(e.notify, e.data)], fatal
+        response: list[wire.Payload] = []
+        for task in tasks:
+            task.build(response)
+        return response, None
+
+    def _receive_response(self, msg: wire.Message, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        out = self._outstanding
+        if out is None or msg.msg_id != out.msg_id or msg.exchange != out.exchange:
+            self.services.count("unexpected_response")  # §2.3: only the outstanding request gets an answer
+            return
+        if out.exchange == ExchangeType.IKE_SA_INIT and self.rspi == 0:
+            self.rspi = int.from_bytes(msg.rspi, "big")  # §2.6: the responder chose its SPI in this response (zero on errors)
+        inbound = self._open(msg, data)
+        if inbound is None:
+            return
+        if out.exchange == ExchangeType.IKE_SA_INIT:
+            self.init_response = data  # signed by the responder in IKE_AUTH (§2.15)
+        self.last_heard = now
+        self._follow_peer(local, remote)
+        self._outstanding = None
+        self._next_request_id = out.msg_id + 1
+        retry = False
+        for task in out.tasks:
+            status = task.process(inbound)
+            if status == Status.RETRY:
+                retry = True
+            elif status == Status.FAILED:
+                break
+        if retry and self.state != State.DEAD:
+            self._queue.appendleft(out.tasks)
+        self._kick(now)
+
+    # --- time ---------------------------------------------------------------------------------------------
+
+    def retransmit_delay(self, tries: int) -> float:
+        return self.conn.retransmit_timeout * BACKOFF ** tries
+
+    def get_timer(self) -> float | None:
+        if self.state == State.DEAD:
+            return None
+        if self._outstanding is not None:
+            out = self._outstanding
+            return out.sent_at + self.retransmit_delay(out.tries)
+        if self.state == State.CONNECTING and not self.initiator:
+            return self.created + HALF_OPEN_TIMEOUT
+        if self.state == State.ESTABLISHED and self.conn.dpd_delay > 0:
+            return self.last_heard + self.conn.dpd_delay
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        deadline = self.get_timer()
+        if deadline is None or now < deadline:
+            return
+        out = self._outstanding
+        if out is not None:
+            if out.tries >= self.conn.retransmit_tries:
+                self._peer_gone(out)
+                return
+            out.tries += 1
+            out.sent_at = now
+            self.services.count("retransmitted")
+            self.services.send(out.data, self.local, self.remote)
+        elif self.state == State.CONNECTING:
+            self.services.count("half_open_expired")
+            self.die("half-open timeout")
+        elif self.state == State.ESTABLISHED:
+            from xdpsec.ike.tasks.informational import Liveness
+            self.last_heard = now  # one check at a time; its retransmissions decide (§2.4)
+            self.queue([Liveness(self, initiator=True)], now)
+
+    def _peer_gone(self, out: _Outstanding) -> None:
+        """§2.4: no answer after the whole retransmission schedule: the peer is dead, delete without telling it."""
+        tries = self.conn.retransmit_tries
+        self.services.emit(Failure(self.name, f"no response to {out.exchange.name} after {tries} retransmissions"))
+        restart_action = {c.name for c in self.conn.children if c.dpd_action == DpdAction.RESTART}
+        restart = [c.name for c in self.children if c.name in restart_action]
+        was_up = self.announced
+        self.die("peer not responding")
+        if was_up:
+            for child in restart:
+                self.services.reinitiate(self.name, child)
+
+    # --- introspection ------------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """For `xdpsec sas`: nothing secret."""
+        p = self.crypto.proposal if self.crypto else None
+        return {
+            "conn": self.name, "state": self.state.value, "initiator": self.initiator,
+            "ispi": f"{self.ispi:016x}", "rspi": f"{self.rspi:016x}",
+            "local": f"{self.local[0]}[{self.local[1]}]", "remote": f"{self.remote[0]}[{self.remote[1]}]",
+            "nat": {"local": self.nat_local, "remote": self.nat_remote},
+            "algorithms": None if p is None else {"encr": int(p.encr), "encr_key_bits": p.encr_key_bits,
+                                                  "integ": None if p.integ is None else int(p.integ),
+                                                  "prf": int(p.prf), "ke": int(p.ke)},
+            "children": [{"name": c.name, "in_spi": f"{c.inb.spi:08x}", "out_spi": f"{c.out.spi:08x}",
+                          "mode": c.inb.mode.value, "local_ts": [str(t) for t in c.inb.local_ts],
+                          "remote_ts": [str(t) for t in c.inb.remote_ts],
+                          "encap": c.inb.encap is not None} for c in self.children],
+        }
