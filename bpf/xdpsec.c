@@ -274,8 +274,10 @@ static __always_inline int classify_cleartext(struct xdp_md *ctx, const struct x
 		count_policy_hit(m.out.policy_id);
 		/* never send in clear what a policy says to protect (RFC 4301 5.1) */
 		child = xs_child_out.lookup(&m.out.child_id);
-		if (!child || !child->valid)
+		if (!child || !child->valid) {
+			raise_acquire(m.out.child_id, m.out.policy_id, pkt);
 			return drop(XS_DROP_NO_SA);
+		}
 		s.sa_index = child->sa_index;
 		s.owner = child->owner;
 		return steer(ctx, ifc, pkt, &s);

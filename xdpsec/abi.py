@@ -135,3 +135,14 @@ class XsAddrKey(ctypes.Structure):
     """struct xs_addr_key: key of xs_local_addrs."""
 
     _fields_ = [("addr", _Addr), ("family", _u8), ("pad", _u8 * 3)]
+
+
+class XsAcquire(ctypes.Structure):
+    """struct xs_acquire: an event of the xs_acquire ring buffer (a PROTECT packet found no SA)."""
+
+    _fields_ = [("src", _Addr), ("dst", _Addr), ("child_id", _u32), ("policy_id", _u32), ("sport", _u16),
+                ("dport", _u16), ("family", _u8), ("proto", _u8), ("pad", _u8 * 2)]
+
+
+XS_ACQUIRE_INTERVAL_NS = int(re.search(r"#define XS_ACQUIRE_INTERVAL_NS (\d+)", HEADER.read_text())[1])
+

@@ -37,6 +37,7 @@ from xdpsec import config as configmod
 from xdpsec.abi import Action, PolicyDir
 from xdpsec.control import ControlError, ControlServer, socket_path
 from xdpsec.dataplane.core import Port, Route
+from xdpsec.ike.conf import StartAction
 from xdpsec.io.bpf import Classifier
 from xdpsec.io.localpath import BYPASS_MARK, DATAPATH_END, KERNEL_END, LocalPath, local_routes
 from xdpsec.io.netlink import Netlink
@@ -57,6 +58,7 @@ ROUTE_REFRESH = 30.0  # seconds between re-resolving known next hops (neighbours
 RESOLVE_RETRY = 0.5  # do not ask the kernel about the same unresolved destination more often than this
 RESOLVE_QUEUE = 1024
 QUERY_TIMEOUT = 2.0
+TRAP_RETRY = 10.0  # seconds before an acquire may start another negotiation of the same child
 RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after starting is restarted this much later
 
 
@@ -114,6 +116,8 @@ class Gateway:
         self.wake_fds: list[int] = []
         self.localpath: LocalPath | None = None
         self.ike = None
+        self._traps: dict[str, tuple[str, str]] = {}
+        self._trapped: dict[str, float] = {}
         self.local_slot: int | None = None
         self.local_kernel_mac = b""
 
@@ -177,6 +181,11 @@ class Gateway:
             self.ike = IkeService(ike_conns, install=self.install_child, remove=self.remove_child,
                                   spi_in_use=self.spi_in_use)
             self.ike.start()
+            self._traps = {f"{conn.name}/{child.name}": (conn.name, child.name) for conn in ike_conns
+                           for child in conn.children if child.start_action == StartAction.TRAP}
+            if self._traps:
+                cl.on_acquire(self._acquire)
+                threading.Thread(target=self._acquires, name="acquire", daemon=True).start()
         self.control = ControlServer(socket_path(self.instance), self._handlers())
         self.control.start()
         log.info("gateway %s up: %d interface(s), %d worker(s), %d SA(s), %d policies", self.instance,
@@ -419,6 +428,30 @@ class Gateway:
             self.routes[dst] = route
             for h in self.workers:
                 self._send(h.wid, ("route", dst, route))
+
+    # --- start_action = trap: XDP asks, IKE negotiates ----------------------------------------------------------
+    def _acquires(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.classifier.poll_acquires(500)
+            except Exception as exc:  # a broken ring buffer must not take the gateway down
+                log.warning("acquire events: %s", exc)
+                time.sleep(1.0)
+
+    def _acquire(self, ev) -> None:
+        """A packet of a child with no SA was dropped in XDP: negotiate the child if it is a trap child.
+        XDP already limits this to one event per child per second; initiating again while a negotiation is
+        under way is avoided here too."""
+        child = next((name for name, cid in self.child_ids.items() if cid == ev.child_id), None)
+        trap = self._traps.get(child)
+        if trap is None or child in self.child_sas:
+            return
+        now = time.monotonic()
+        if now - self._trapped.get(child, -TRAP_RETRY) < TRAP_RETRY:
+            return
+        self._trapped[child] = now
+        log.info("%s: traffic needs an SA (acquire): initiating", child)
+        self.ike.command("initiate", *trap)
 
     # --- control socket ----------------------------------------------------------------------------------------
     def _handlers(self) -> dict:

@@ -37,6 +37,7 @@ class PairSpec:
     replay_window: int = 1024
     keying: str = "manual"  # manual (RFC 4301 §4.5 SPIs and keys in the file) | ike (IKEv2, PSK)
     ike_proposal: str = "aes128gcm16-prfsha256-x25519"
+    initiator_action: str = "start"  # start_action of the first side of an IKE pair: start | trap | none
 
 
 def _keys(proposal: str, protocol: Protocol) -> tuple[str, str]:
@@ -121,7 +122,7 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str, initiator: bool, state_d
         f'mode = "{spec.mode}"',
         f'{proposals} = ["{spec.proposal}"]',
         f"replay_window = {spec.replay_window}",
-        f'start_action = "{"start" if initiator else "none"}"',
+        f'start_action = "{spec.initiator_action if initiator else "none"}"',
         "",
         "[secrets]",
         f'ike = [{{ id = ["{side.local_addr}", "{side.remote_addr}"], secret = "{psk}" }}]',

@@ -14,6 +14,28 @@
 
 BPF_ARRAY(xs_policies, struct xs_policy, 2 * XS_MAX_POLICIES);
 BPF_ARRAY(xs_child_out, struct xs_child, XS_MAX_CHILDREN);
+BPF_RINGBUF_OUTPUT(xs_acquire, 1);                       /* one page: events are rare and rate-limited */
+BPF_ARRAY(xs_acquire_last, __u64, XS_MAX_CHILDREN);       /* ktime of each child's last acquire */
+
+/* Ask the coordinator for a child's SA, at most once per XS_ACQUIRE_INTERVAL_NS per child. */
+static __always_inline void raise_acquire(__u32 child_id, __u32 policy_id, const struct xs_pkt *pkt)
+{
+	__u64 now = bpf_ktime_get_ns(), *last = xs_acquire_last.lookup(&child_id);
+	struct xs_acquire ev = {};
+
+	if (!last || now - *last < XS_ACQUIRE_INTERVAL_NS)
+		return;
+	*last = now;
+	__builtin_memcpy(ev.src, pkt->src, sizeof(ev.src));
+	__builtin_memcpy(ev.dst, pkt->dst, sizeof(ev.dst));
+	ev.child_id = child_id;
+	ev.policy_id = policy_id;
+	ev.sport = pkt->sport;
+	ev.dport = pkt->dport;
+	ev.family = pkt->family;
+	ev.proto = pkt->proto;
+	xs_acquire.ringbuf_output(&ev, sizeof(ev), 0);
+}
 
 /*
  * Non-zero when the packet falls outside the policy's selectors. Written without branches (BPF has no

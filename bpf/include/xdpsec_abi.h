@@ -185,4 +185,22 @@ struct xs_addr_key {
 	__u8 pad[3];
 };
 
+/*
+ * xs_acquire (ring buffer): a packet matched a PROTECT policy whose child has no SA (RFC 4301 5.1's "trap").
+ * The packet itself is dropped (no_sa); the coordinator may negotiate the child, proposing this packet's
+ * selectors first (RFC 7296 2.9). At most one event per child per XS_ACQUIRE_INTERVAL_NS.
+ */
+#define XS_ACQUIRE_INTERVAL_NS 1000000000ULL
+struct xs_acquire {
+	__be32 src[4];
+	__be32 dst[4];
+	__u32 child_id;
+	__u32 policy_id;
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 pad[2];
+};
+
 #endif /* XDPSEC_ABI_H */

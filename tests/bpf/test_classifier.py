@@ -295,6 +295,23 @@ def test_protect_with_sa_steered(clf, run):
     assert clf.policy_hits() == {11: 1}
 
 
+def test_protect_without_sa_raises_one_acquire_per_interval(clf, run):
+    """start_action = trap: the packet is dropped (never in clear) and the coordinator is asked for the SA,
+    with the packet's selectors; a burst for the same child raises one event, not one per packet."""
+    clf.set_policies([policy(11, PolicyDir.OUT, Action.PROTECT, *OUT_LAN, child="c/net")], {"c/net": 3})
+    clf["xs_acquire_last"].clear()
+    events = []
+    clf.on_acquire(events.append)
+    for _ in range(5):
+        assert_dropped(run(cleartext()), DropReason.NO_SA)
+    clf.poll_acquires(100)
+    assert len(events) == 1, events
+    ev = events[0]
+    assert (ev.child_id, ev.policy_id, ev.family, ev.proto, ev.sport, ev.dport) == (3, 11, 4, 17, 1234, 53)
+    assert bytes(ev.src)[:4] == ipaddress.ip_address(LAN4).packed
+    assert bytes(ev.dst)[:4] == ipaddress.ip_address(REMOTE4).packed
+
+
 def test_protect_without_sa_never_in_clear(clf, run):
     clf.set_policies([policy(11, PolicyDir.OUT, Action.PROTECT, *OUT_LAN, child="c/net")], {"c/net": 3})
     assert_dropped(run(cleartext()), DropReason.NO_SA)

@@ -66,3 +66,21 @@ def test_ike_transport_mode_ipv6(pair):
     assert lab.ping("hostC", dst, count=5, timeout=8).received >= 4
     seen = wire_report(cap.stop(), lab.addr["hostC"]["v6"], dst)
     assert seen["esp"] >= 8 and seen["marker"] == 0, seen
+
+
+def test_trap_negotiates_on_first_packet_and_never_leaks_it(pair):
+    """start_action = trap (RFC 4301 §5.1 "trap"): no SA until traffic needs one; the packets that find none are
+    dropped in XDP (never sent in clear), one acquire reaches the coordinator, IKE runs, traffic flows."""
+    lab, gws, (ga, gb) = pair(PairSpec(mode="tunnel", proposal="aes128gcm16", keying="ike", workers=1,
+                                       initiator_action="trap"))
+    time.sleep(2)
+    assert gws.query(ga, "sas") == [] and gws.query(ga, "ike-sas") == []  # nothing until traffic asks
+    dst = lab.addr["hostB"]["v4"]
+    cap = lab.capture("wire", "br0")
+    first = lab.run("hostA", "ping", "-n", "-c", "1", "-W", "1", "-p", MARKER.hex(), dst, check=False)
+    assert " 0 received" in first.stdout or "100% packet loss" in first.stdout  # the trapped packet is dropped
+    assert len(wait_for_sas(gws, ga, 2)) == 2, gws.log(ga)
+    assert lab.ping("hostA", dst, count=3).received >= 2
+    seen = wire_report(cap.stop(), lab.addr["hostA"]["v4"], dst)
+    assert seen["marker"] == 0 and seen["other"] == 0, seen
+    assert gws.query(ga, "stats")["xdp"]["drops"].get("no_sa", 0) >= 1

@@ -18,14 +18,14 @@ import enum
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcc
 
 from xdpsec import abi, spd
-from xdpsec.abi import Action, PolicyDir, Stat, drop_name
+from xdpsec.abi import Action, PolicyDir, Stat, XsAcquire, drop_name
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 SOURCE = BPF_DIR / "xdpsec.c"
@@ -317,6 +317,22 @@ class Classifier:
         """Packets decided by each installed policy, by policy id, summed over CPUs."""
         hits = self["xs_policy_hits"]
         return {policy_id: hits.sum(ctypes.c_uint32(policy_id)).value for policy_id in sorted(self._hit_ids)}
+
+    # -- acquires (start_action = trap) ----------------------------------------------------------------
+
+    def on_acquire(self, callback: Callable[[XsAcquire], None]) -> None:
+        """Call `callback` with each acquire event (see poll_acquires): a packet that matched a PROTECT policy
+        whose child has no SA. Events are rate-limited per child in XDP."""
+        def handle(_ctx, data, size):
+            if size >= ctypes.sizeof(XsAcquire):
+                callback(XsAcquire.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(XsAcquire))))
+            return 0
+        self._acquire_cb = handle  # bcc keeps only a weak hold on the callback
+        self["xs_acquire"].open_ring_buffer(handle)
+
+    def poll_acquires(self, timeout_ms: int) -> None:
+        """Wait up to `timeout_ms` for acquire events and deliver them to the on_acquire callback."""
+        self._bpf.ring_buffer_poll(timeout_ms)
 
     # -- pins ---------------------------------------------------------------------------------------------
 
