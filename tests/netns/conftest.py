@@ -58,7 +58,8 @@ def pair(make_lab, tmp_path):
     """pair(spec, topology="site"|"host", extra=(toml_a, toml_b)) -> (lab, gateways, node_a, node_b)."""
     started: list[Gateways] = []
 
-    def up(spec: PairSpec, *, topology: str = "site", extra: tuple[str, str] = ("", ""), family: str = "v4"):
+    def up(spec: PairSpec, *, topology: str = "site", extra: tuple[str, str] = ("", ""), family: str = "v4",
+           log_level: str = "info"):
         lab = make_lab(topology=topology)
         if topology == "site":
             a, b = site_sides(lab, workers=spec.workers)
@@ -70,8 +71,9 @@ def pair(make_lab, tmp_path):
         pa, pb = write_pair(tmp_path, a, b, spec)
         gws = Gateways(lab)
         started.append(gws)
-        gws.start(nodes[0], pa, a.instance)
-        gws.start(nodes[1], pb, b.instance)
+        gws.start(nodes[0], pa, a.instance, log_level=log_level)
+        gws.start(nodes[1], pb, b.instance, log_level=log_level)
+        gws.configs = {nodes[0]: pa, nodes[1]: pb}
         gws.wait_ready()
         return lab, gws, nodes
 
