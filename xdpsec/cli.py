@@ -89,14 +89,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check_main(["-c", str(args.config)] + (["--json"] if args.json else []))
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    path = args.socket or socket_path(args.instance)
+def _ask(args: argparse.Namespace, req: dict | None = None) -> tuple[int, object]:
+    """Send the command to the gateway: (exit code, result); a failure is reported here, in one line."""
     try:
-        result = request(path, args.command)
+        return ExitCode.OK, request(args.socket or socket_path(args.instance), args.command, req)
     except Unreachable as e:
-        return _fail(ExitCode.UNREACHABLE, str(e))
+        return _fail(ExitCode.UNREACHABLE, str(e)), None
     except ControlError as e:
-        return _fail(ExitCode.GATEWAY_ERROR, str(e))
+        return _fail(ExitCode.GATEWAY_ERROR, str(e)), None
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    code, result = _ask(args)
+    if code != ExitCode.OK:
+        return code
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return ExitCode.OK
@@ -114,21 +120,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_action(args: argparse.Namespace) -> int:
     """initiate / terminate: ask the gateway's IKE thread to act; the outcome shows in `sas` and the log."""
-    path = args.socket or socket_path(args.instance)
-    req = {"conn": args.conn}
-    if getattr(args, "child", None):
-        req["child"] = args.child
-    try:
-        result = request(path, args.command, req)
-    except Unreachable as e:
-        return _fail(ExitCode.UNREACHABLE, str(e))
-    except ControlError as e:
-        return _fail(ExitCode.GATEWAY_ERROR, str(e))
+    child = getattr(args, "child", None)
+    code, result = _ask(args, {"conn": args.conn, **({"child": child} if child else {})})
+    if code != ExitCode.OK:
+        return code
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        what = args.conn + (f"/{args.child}" if getattr(args, "child", None) else "")
-        print(f"{args.command} {what}: requested (watch `xdpsec ike-sas` and `xdpsec sas`)")
+        print(f"{args.command} {args.conn}{'/' + child if child else ''}: requested "
+              "(watch `xdpsec ike-sas` and `xdpsec sas`)")
     return ExitCode.OK
 
 
