@@ -21,6 +21,11 @@ Schema (every key; the defaults are what an absent key means)::
     state_dir = "/var/lib/xdpsec"  # absolute; where outbound sequence-number reservations persist
     default_action = "bypass"      # bypass | discard: what happens to traffic no policy matches
     encap_port = 4500              # UDP port of ESP-in-UDP (RFC 3948), the default of local/remote_port
+    retransmit_timeout = "4s"      # IKE retransmission (strongswan.conf's charon.retransmit_timeout): a duration
+                                   #   or TOML float seconds, 0.1..3600; the n-th retransmission waits
+                                   #   timeout x 1.8^(n-1) (charon.retransmit_base, fixed here)
+    retransmit_tries = 5           # retransmissions before the peer is declared dead, 0..100; both are the
+                                   #   default of the IKE connections' keys of the same names
 
     [connections.<name>]           # as swanctl connections.<name>; <name> has no '/'
     local_addrs = ["192.0.2.1"]    # outer addresses; manual keying needs exactly one on each side,
@@ -61,6 +66,8 @@ IKE connections (swanctl.conf's names; everything else as above)::
     remote_port = 500
     dpd_delay = "30s"              # durations: integer seconds or "30s", "5m", "1h", "1d"; 0 = off
     dpd_timeout = 0
+    retransmit_timeout = "4s"      # default: [gateway] retransmit_timeout
+    retransmit_tries = 5           # default: [gateway] retransmit_tries
     keyingtries = 1                # 0 = forever
     [connections.<name>.local]     # how we authenticate
     auth = "psk"                   # psk | pubkey
@@ -85,6 +92,20 @@ IKE connections (swanctl.conf's names; everything else as above)::
     [secrets]                      # swanctl's secrets.ike-*: PSKs by the pair of identities
     ike = [ { id = ["gwA.example.org", "gwB.example.org"], secret = "..." } ]
                                    # secret: text, "0x<hex>" or "0s<base64>"; an empty id list matches any pair
+
+Dead peer detection (RFC 7296 §2.4, strongSwan's schedule): after `dpd_delay` without any IKE message from
+the peer (ESP traffic does not count), an empty INFORMATIONAL request goes out. Like every request it is
+retransmitted `retransmit_tries` times, the n-th time (n = 1..tries) timeout x 1.8^(n-1) after the previous
+send; timeout x 1.8^tries after the last one the peer is declared dead, the IKE SA and its children are
+deleted without telling it, and each child's `dpd_action` applies. A peer that dies just after answering is
+therefore noticed after at most
+
+    dpd_delay + sum(retransmit_timeout * 1.8**n for n in range(retransmit_tries + 1))
+
+(the sum has retransmit_tries + 1 terms: strongSwan's defaults 4 s and 5 tries give 165 s, its documented
+"giving up" time), and no earlier than the sum alone. Example: dpd_delay = "2s", retransmit_timeout = "1s",
+retransmit_tries = 3 give 2 + 1 + 1.8 + 3.24 + 5.832 = 13.872 s. Any request outstanding when the peer dies
+(a rekeying, a Delete) is retransmitted the same way, without the dpd_delay.
 
 Derived: per tunnel/transport child an OUT PROTECT policy for every local_ts x remote_ts pair of one family
 (protocol and ports narrowed to their intersection) and the reverse IN PROTECT policy, which drops cleartext
@@ -193,6 +214,8 @@ class GatewayConfig:
     state_dir: Path = Path("/var/lib/xdpsec")
     default_action: Action = Action.BYPASS
     encap_port: int = 4500
+    retransmit_timeout: float = IkeConnConfig.retransmit_timeout  # the IKE connections' defaults
+    retransmit_tries: int = IkeConnConfig.retransmit_tries
 
 
 @dataclass(frozen=True)
@@ -521,10 +544,11 @@ class _Checker:
 # --- the schema, section by section ---------------------------------------------------------------------------
 
 _TOP_KEYS = ("instance", "gateway", "connections", "secrets", "secrets_file")
-_GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port")
+_GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port",
+                 "retransmit_timeout", "retransmit_tries")
 _CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
-_IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries", "local",
-                  "remote")
+_IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries",
+                  "retransmit_timeout", "retransmit_tries", "local", "remote")
 _CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
                "manual")
 _IKE_CHILD_KEYS = (*_CHILD_KEYS[:-1], "start_action", "dpd_action")
@@ -536,6 +560,11 @@ _MANUAL_KEYS = ("in_spi", "out_spi", "in_enc_key", "out_enc_key", "in_integ_key"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IFNAME_RE = re.compile(r"[^/\s:]{1,15}")  # IFNAMSIZ - 1; '/', ':' and whitespace are not allowed by the kernel
 _MAX_PRIORITY = 1_000_000
+#: Retransmission bounds. Below 0.1 s a lost packet turns into a burst; above an hour, or past 100 tries, a dead
+#: peer is never noticed in practice (strongSwan's defaults, 4 s and 5 tries, give up after 165 s).
+_RETRANSMIT_TIMEOUT_RANGE = (0.1, 3600.0)
+_RETRANSMIT_DEFAULTS = (GatewayConfig.retransmit_timeout, GatewayConfig.retransmit_tries)
+_MAX_RETRANSMIT_TRIES = 100
 
 
 class _DefaultAction(enum.Enum):
@@ -564,11 +593,26 @@ def _gateway(ck: _Checker, tbl: dict) -> GatewayConfig | None:
         state_dir = None
     action = ck.choice(tbl, path, "default_action", _DefaultAction, _DefaultAction.BYPASS)
     encap_port = ck.integer(tbl, path, "encap_port", 1, 65535, 4500)
-    values = (ifaces, workers, xdp_mode, state_dir, action, encap_port)
+    timeout, tries = _retransmission(ck, tbl, path, _RETRANSMIT_DEFAULTS)
+    values = (ifaces, workers, xdp_mode, state_dir, action, encap_port, timeout, tries)
     if any(v is None for v in values):
         return None
     return GatewayConfig(interfaces=tuple(ifaces), workers=workers, xdp_mode=xdp_mode, state_dir=Path(state_dir),
-                         default_action=Action[action.name], encap_port=encap_port)
+                         default_action=Action[action.name], encap_port=encap_port, retransmit_timeout=timeout,
+                         retransmit_tries=tries)
+
+
+def _retransmission(ck: _Checker, tbl: dict, path: KeyPath,
+                    default: tuple[float, int]) -> tuple[float | None, int | None]:
+    """retransmit_timeout (a duration, or float seconds as strongswan.conf's double) and retransmit_tries."""
+    value = tbl.get("retransmit_timeout", default[0])
+    timeout = value if isinstance(value, float) else _duration(ck, tbl, path, "retransmit_timeout")
+    lo, hi = _RETRANSMIT_TIMEOUT_RANGE
+    if timeout is not None and not lo <= timeout <= hi:  # also refuses nan
+        ck.error((*path, "retransmit_timeout"), f"{value!r} is outside {lo:g}..{hi:g} seconds")
+        timeout = None
+    tries = ck.integer(tbl, path, "retransmit_tries", 0, _MAX_RETRANSMIT_TRIES, default[1])
+    return timeout, tries
 
 
 def _addresses(ck: _Checker, tbl: dict, path: KeyPath, key: str, ike: bool = False) -> tuple[IPAddress, ...] | None:
@@ -1165,6 +1209,7 @@ def _cert_identities(cert: x509.Certificate) -> list[Identity]:
 class _IkeContext:
     base: Path  # certificate and key paths are relative to the configuration file
     secrets: tuple[PskSecret, ...]
+    retransmission: tuple[float, int]  # [gateway] retransmit_timeout and retransmit_tries, the defaults
 
 
 def _round_identity(ck: _Checker, tbl: dict, path: KeyPath) -> tuple[bool, Identity | None]:
@@ -1348,6 +1393,7 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
     ports = [ck.integer(tbl, path, key, 1, 65535, 500) for key in ("local_port", "remote_port")]
     timers = [_duration(ck, tbl, path, key) for key in ("dpd_delay", "dpd_timeout")]
     tries = ck.integer(tbl, path, "keyingtries", 0, 1_000_000, 1)
+    retransmission = _retransmission(ck, tbl, path, ctx.retransmission)
     children_tbl = ck.get(tbl, path, "children", dict)
     rounds = None
     if local is not None and remote is not None:
@@ -1370,12 +1416,13 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
             child = _child(ck, conn, child_path, child_tbl, ike=True, encap=bool(encap))
             if child is not None:
                 children.append(child)
-    if rounds is None or None in (ike_proposals, encap, tries, *ports, *timers) or version != 2:
+    if rounds is None or None in (ike_proposals, encap, tries, *ports, *timers, *retransmission) or version != 2:
         return None
     ike = IkeConnConfig(name=name, local_addrs=local, remote_addrs=remote, proposals=ike_proposals,
                         local=rounds[0], remote=rounds[1], children=tuple(c.ike for c in children if c.ike),
                         encap=encap, local_port=ports[0], remote_port=ports[1], dpd_delay=timers[0],
-                        dpd_timeout=timers[1], keyingtries=tries)
+                        dpd_timeout=timers[1], retransmit_timeout=retransmission[0],
+                        retransmit_tries=retransmission[1], keyingtries=tries)
     return replace(conn, children=tuple(children), ike=ike)
 
 
@@ -1431,7 +1478,8 @@ def _build(ck: _Checker, data: dict, path: Path) -> Config | None:
         ck.error(("instance",), f"{instance!r}: use 1..64 letters, digits, '_', '.' or '-' (it names a socket)")
     gateway_tbl = ck.get(data, (), "gateway", dict)
     gateway = _gateway(ck, gateway_tbl) if gateway_tbl is not None else None
-    ctx = _IkeContext(base=path.parent, secrets=_secrets(ck, data, path))
+    retransmission = (gateway.retransmit_timeout, gateway.retransmit_tries) if gateway else _RETRANSMIT_DEFAULTS
+    ctx = _IkeContext(base=path.parent, secrets=_secrets(ck, data, path), retransmission=retransmission)
     conns_tbl = ck.get(data, (), "connections", dict, {})
     connections = []
     for name, tbl in (conns_tbl or {}).items():

@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xdpsec.abi import Action, PolicyDir
 from xdpsec.config import (
@@ -28,6 +30,8 @@ from xdpsec.config import (
 )
 from xdpsec.ike.conf import AuthMethod, DpdAction, Identity, IkeProposal, StartAction
 from xdpsec.ike.consts import EncrId, IdType, KeId, PrfId
+from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeUp
+from xdpsec.ike.manager import IkeManager
 from xdpsec.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, parse_child, parse_ike
 from xdpsec.sa import Mode, Protocol, TrafficSelector
 
@@ -288,6 +292,28 @@ BAD = [
     ("psk with a cert", ('id = "gwA.example.org"', 'id = "gwA.example.org"\ncerts = ["a.pem"]'), "certs",
      "connections.site.local.certs", "only with auth = \"pubkey\""),
     ("secret not base64", (SECRET, "0s!!!"), "ike = [", "secrets.ike.0", "must be base64"),
+    ("zero retransmit timeout", ("workers = 1", 'workers = 1\nretransmit_timeout = "0s"'), "retransmit_timeout",
+     "gateway.retransmit_timeout", "'0s' is outside 0.1..3600 seconds"),
+    ("tiny float retransmit timeout", ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\n'
+                                                                       'retransmit_timeout = 0.05'),
+     "retransmit_timeout", "connections.site.retransmit_timeout", "0.05 is outside 0.1..3600 seconds"),
+    ("nan retransmit timeout", ("workers = 1", "workers = 1\nretransmit_timeout = nan"), "retransmit_timeout",
+     "gateway.retransmit_timeout", "nan is outside"),
+    ("bad retransmit duration", ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\n'
+                                                                  'retransmit_timeout = "4 sec"'),
+     "retransmit_timeout", "connections.site.retransmit_timeout", "is not a duration"),
+    ("too many tries", ("workers = 1", "workers = 1\nretransmit_tries = 101"), "retransmit_tries",
+     "gateway.retransmit_tries", "101 is outside 0..100"),
+    ("tries as a string", ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\nretransmit_tries = "5"'),
+     "retransmit_tries", "connections.site.retransmit_tries", "expected an integer, got string '5'"),
+    ("retransmission in a manual connection", ((PSK_CONN, (EXAMPLES / "gwA.toml").read_text().split("[gateway]")[1]
+                                                .split("\n", 5)[5]),
+                                               ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\n'
+                                                                                'retransmit_tries = 3')),
+     "retransmit_tries", "connections.site.retransmit_tries", "only for IKE connections"),
+    ("unknown dpd_action", ('remote_ts = ["198.51.100.128/25"]', 'remote_ts = ["198.51.100.128/25"]\n'
+                                                                  'dpd_action = "hold"'),
+     "dpd_action", "connections.site.children.net.dpd_action", "'hold' is not one of clear | restart | trap"),
 ]
 
 
@@ -466,3 +492,102 @@ def test_encrypted_private_key_is_refused(tmp_path, pki):
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
     text = cert_conn("A", "B", "gwA.pem", "gwA.key")
     assert_problem(write(tmp_path, text), text, "private_key", "connections.site.local.private_key", "encrypted")
+
+
+# --- liveness and retransmission: the keys, and the detection time the module docstring promises -------------------
+
+def test_retransmission_and_dpd_keys_reach_the_ike_core(tmp_path):
+    text = _apply((("workers = 1", 'workers = 1\nretransmit_timeout = "2s"\nretransmit_tries = 7'),
+                   ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\ndpd_delay = "1m"'),
+                   ('remote_ts = ["198.51.100.128/25"]', 'remote_ts = ["198.51.100.128/25"]\ndpd_action = "trap"')))
+    text += PSK_CONN.replace("site", "other").replace("198.51.100.", "203.0.113.").replace(
+        'remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]\nretransmit_timeout = 0.5\nretransmit_tries = 0')
+    text = text.replace("[secrets]", "").replace("ike = [", "[secrets]\nike = [")  # keep [secrets] last
+    site, other = load(write(tmp_path, text)).ike_connections()
+    # the gateway's values are the connections' defaults; a connection's own keys win
+    assert (site.dpd_delay, site.retransmit_timeout, site.retransmit_tries) == (60.0, 2.0, 7)
+    assert site.children[0].dpd_action == DpdAction.TRAP
+    assert (other.dpd_delay, other.retransmit_timeout, other.retransmit_tries) == (0.0, 0.5, 0)
+    assert other.children[0].dpd_action == DpdAction.CLEAR
+
+
+def test_retransmission_defaults_are_strongswans(tmp_path):
+    [conn] = load(write(tmp_path, HEAD + PSK_CONN + SECRETS)).ike_connections()
+    # strongswan.conf: charon.retransmit_timeout = 4.0, charon.retransmit_tries = 5
+    # (docs.strongswan.org/docs/latest/config/retransmission.html)
+    assert (conn.retransmit_timeout, conn.retransmit_tries) == (4.0, 5)
+
+
+def _mirror(text: str) -> str:
+    """PSK_CONN as gateway B sees it: addresses, identities and selectors swapped."""
+    for a, b in (("192.0.2.1", "192.0.2.2"), ("gwA", "gwB"), ("198.51.100.0/25", "198.51.100.128/25")):
+        text = text.replace(a, "\0").replace(b, a).replace("\0", b)
+    return text
+
+
+class _Peers:
+    """Two IkeManagers built from loaded configurations, on fake time; B can die (drop everything from then)."""
+
+    def __init__(self, a_conns, b_conns, now: float):
+        self.a, self.b = IkeManager(a_conns), IkeManager(b_conns)
+        self.a.strict = self.b.strict = True
+        self.now = now
+        self.b_dead_at = float("inf")
+        self.events: list[tuple[float, object]] = []  # A's events with the time they appeared
+
+    def pump(self) -> None:
+        for _ in range(50):
+            out_a, out_b = self.a.datagrams_to_send(), self.b.datagrams_to_send()
+            if not out_a and not out_b:
+                break
+            if self.now < self.b_dead_at:
+                for data, src, dst in out_a:
+                    self.b.receive_datagram(data, dst, src, self.now)
+                for data, src, dst in out_b:
+                    self.a.receive_datagram(data, dst, src, self.now)
+        while (ev := self.a.next_event()) is not None:
+            self.events.append((self.now, ev))
+
+    def run_until(self, end: float) -> None:
+        while True:
+            alive = self.now < self.b_dead_at
+            due = [t for t in (self.a.get_timer(), self.b.get_timer() if alive else None) if t is not None]
+            if not due or min(due) > end:
+                break
+            self.now = max(self.now, min(due))
+            self.a.handle_timer(self.now)
+            if self.now < self.b_dead_at:
+                self.b.handle_timer(self.now)
+            self.pump()
+        self.now = end
+
+
+@settings(max_examples=40, deadline=None)
+@given(timers=st.sampled_from([("2s", "1s", 3), ("30s", "4s", 5), (5, 0.5, 0)]),
+       kill_after=st.floats(0.0, 3.0))
+def test_dead_peer_is_noticed_within_the_documented_time(tmp_path_factory, timers, kill_after):
+    """The module docstring's promise, through the IKE core: with the peer dead from `kill` on, A declares it
+    dead no earlier than the retransmission schedule sum(timeout * 1.8**n, n = 0..tries) after the kill and no
+    later than dpd_delay plus that sum; its children go down with it."""
+    dpd, timeout, tries = timers
+    keys = f"\ndpd_delay = {dpd!r}\nretransmit_timeout = {timeout!r}\nretransmit_tries = {tries}".replace("'", '"')
+    tmp = tmp_path_factory.mktemp("dpd")
+    a_text = _apply(('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["192.0.2.2"]' + keys))
+    [a] = load(write(tmp, a_text, "a.toml")).ike_connections()
+    [b] = load(write(tmp, HEAD + _mirror(PSK_CONN + SECRETS), "b.toml")).ike_connections()
+    peers = _Peers([a], [b], now=1_767_225_600.0)
+    peers.a.initiate("site", None, peers.now)
+    peers.pump()
+    assert [type(e) for _t, e in peers.events] == [IkeUp, ChildUp], peers.events
+    # Kill B somewhere in the liveness cycle: after 0 to 3 dpd_delays of a healthy tunnel.
+    kill = peers.now + kill_after * a.dpd_delay
+    peers.run_until(kill)
+    assert not any(isinstance(e, Failure) for _t, e in peers.events), "a live peer was declared dead"
+    peers.b_dead_at = kill
+    schedule = sum(a.retransmit_timeout * 1.8 ** n for n in range(a.retransmit_tries + 1))
+    peers.run_until(kill + a.dpd_delay + schedule + 1.0)
+    [(noticed, failure)] = [(t, e) for t, e in peers.events if isinstance(e, Failure)]
+    assert "no response to INFORMATIONAL" in failure.reason
+    assert schedule - 1e-6 <= noticed - kill <= a.dpd_delay + schedule + 1e-6, (noticed - kill, schedule)
+    assert any(isinstance(e, ChildDown) and t == noticed for t, e in peers.events)
+    assert peers.a.ike_sas() == []
