@@ -364,8 +364,11 @@ def test_message_round_trip(msg):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages.filter(lambda m: all(not isinstance(p.body, Unknown) for p in m.payloads)))
 def test_every_payload_parses_in_scapy_with_the_same_fields(msg):
-    # scapy decodes ID types 1 and 5 as addresses, which a random ID body is not.
+    # scapy decodes ID types 1 and 5 as addresses, which a random ID body is not, and CERT encodings 4 and 7 as
+    # an X.509 certificate / CRL, losing bytes that are not one: it is no oracle for those random bodies (the
+    # round-trip properties above still cover them).
     assume(not any(isinstance(p.body, ID) and p.body.id_type in (1, 5) for p in msg.payloads))
+    assume(not any(isinstance(p.body, Cert) and p.body.encoding in (4, 7) for p in msg.payloads))
     pkt = sc.IKEv2(wire.encode(msg))
     assert [_scapy_view(x) for x in _scapy_chain(pkt.payload)] == [_our_view(p) for p in msg.payloads]
 
