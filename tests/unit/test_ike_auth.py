@@ -565,3 +565,20 @@ def test_hostile_dn_never_matches_by_accident(data):
     # A random DER-ish blob equals the configured DN only if it parses to the same RDNs.
     assert identity_matches(9, data, None, ident("CN=gw, O=x")) is (data == dn("CN=gw,O=x") or
                                                                    data == dn("O=x,CN=gw"))
+
+
+def test_dn_identity_named_by_certificate_whatever_the_string_type():
+    """strongSwan sends IDi built from the configured text ("CN=gwB") with PrintableString; our certificate holds
+    UTF8String. Same name, different bytes: the certificate still names the identity (RFC 5280 §7.1), as
+    strongSwan itself decides. Byte equality refused strongSwan initiators with certificates."""
+    from cryptography.x509.name import _ASN1Type
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gwB")])  # UTF8String by default
+    k = key("p256")
+    cert = make_cert(subject, k, subject, k, ca=None)
+    printable = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gwB", _ASN1Type.PrintableString)])
+    assert printable.public_bytes() != subject.public_bytes()
+    expected = Identity(IdType.DER_ASN1_DN, subject.public_bytes(), "CN=gwB")
+    assert identity_matches(IdType.DER_ASN1_DN, printable.public_bytes(), cert, expected)
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gwC", _ASN1Type.PrintableString)])
+    assert not identity_matches(IdType.DER_ASN1_DN, other.public_bytes(), cert, None)

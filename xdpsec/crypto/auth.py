@@ -610,7 +610,10 @@ def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
 def _cert_names(cert: x509.Certificate, id_type: int, data: bytes) -> bool:
     """Is the ID one the certificate vouches for? RFC 4945 §3.1: DN = subject, others = a subjectAltName."""
     if id_type == IdType.DER_ASN1_DN:
-        return data == cert.subject.public_bytes()  # RFC 4945 §3.1.5: the ID is the subject, byte for byte
+        # RFC 4945 §3.1.5: the ID is the subject. Compared by meaning, not bytes: strongSwan builds its ID from
+        # the configured text with its own string types (PrintableString where a certificate may hold
+        # UTF8String), as RFC 5280 §7.1 allows; byte equality refused it although the names are the same.
+        return _dn_equal(data, cert.subject.public_bytes())
     if id_type == IdType.KEY_ID:
         try:
             return data == cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
