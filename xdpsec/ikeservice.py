@@ -29,6 +29,7 @@ from collections.abc import Callable
 from xdpsec.ike.conf import IkeConnConfig, StartAction
 from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeDown, IkeUp
 from xdpsec.ike.manager import IkeManager
+from xdpsec.ike.sa import NAT_KEEPALIVE
 from xdpsec.io.localpath import BYPASS_MARK
 from xdpsec.sa import IPAddress
 
@@ -167,7 +168,7 @@ class IkeService:
             if sock is None:
                 log.warning("IKE: no socket for %s:%d; datagram to %s dropped", local[0], local[1], remote[0])
                 continue
-            if local[1] == NATT_PORT:
+            if local[1] == NATT_PORT and data != NAT_KEEPALIVE:  # a keepalive is the one octet 0xFF, bare
                 data = NON_ESP_MARKER + data
             try:
                 sock.sendto(data, (str(remote[0]), remote[1]))

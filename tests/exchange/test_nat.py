@@ -75,3 +75,19 @@ def test_no_nat_stays_on_500(make_link):
     link = make_link()
     up(link)
     assert link.a.ike_sas()[0]["local"].endswith("[500]") and child_up(link, "a").out.encap is None
+
+
+def test_nat_keepalives_from_the_translated_side_only(make_link):
+    """RFC 3948 §2.3: the side behind the NAT sends a one-octet 0xFF on its 4500 flow when it has sent nothing
+    for 20 s, so that the NAT keeps the mapping the ESP-in-UDP traffic shares; the other side sends none."""
+    from xdpsec.ike.sa import NAT_KEEPALIVE, NAT_KEEPALIVE_INTERVAL
+
+    link = make_link(nat=True)
+    up(link)
+    link.advance(NAT_KEEPALIVE_INTERVAL - 0.5)
+    assert [dg for dg in link.flight() if dg.data == NAT_KEEPALIVE] == []
+    link.advance(1.0)
+    keepalives = [dg for dg in link.flight() if dg.data == NAT_KEEPALIVE]
+    assert [(dg.sender, dg.src[1], dg.dst[1]) for dg in keepalives] == [("a", 4500, 4500)]
+    link.advance(NAT_KEEPALIVE_INTERVAL)
+    assert [dg.sender for dg in link.flight() if dg.data == NAT_KEEPALIVE] == ["a"]  # and again, 20 s later

@@ -40,6 +40,9 @@ Addr = tuple[IPAddress, int]
 
 #: strongSwan's factor: the n-th retransmission waits retransmit_timeout * 1.8**n.
 BACKOFF = 1.8
+#: RFC 3948 §2.3: a one-octet 0xFF UDP payload, sent when nothing else went out for this long (its suggested 20 s).
+NAT_KEEPALIVE = b"\xff"
+NAT_KEEPALIVE_INTERVAL = 20.0
 #: A responder's IKE SA that never completes IKE_AUTH is forgotten after this (strongSwan's half_open_timeout).
 HALF_OPEN_TIMEOUT = 30.0
 NATT_PORT = 4500  # RFC 3948 §2.1
@@ -125,6 +128,7 @@ class IkeSA:
         self.created = now
         self.now = now  # the latest time the manager passed in; certificate checks need it (UNIX time)
         self.last_heard = now
+        self.last_sent = now
         self.crypto: Crypto | None = None
         # IKE_SA_INIT material that IKE_AUTH signs (§2.15) and child keys derive from (§2.17).
         self.ni = b""
@@ -143,6 +147,10 @@ class IkeSA:
         self._outstanding: _Outstanding | None = None
         self._cached: _CachedResponse | None = None
         self._queue: deque[list[Task]] = deque()
+
+    def _transmit(self, data: bytes, local: Addr, remote: Addr) -> None:
+        self.last_sent = self.now
+        self.services.send(data, local, remote)
 
     # --- identity -----------------------------------------------------------------------------------------
 
@@ -217,7 +225,7 @@ class IkeSA:
         if exchange == ExchangeType.IKE_SA_INIT:
             self.init_request = data
         self._outstanding = _Outstanding(msg_id, exchange, tasks, data, now)
-        self.services.send(data, self.local, self.remote)
+        self._transmit(data, self.local, self.remote)
 
     def encode(self, exchange: ExchangeType, msg_id: int, *, response: bool,
                payloads: list[wire.Payload]) -> bytes:
@@ -272,7 +280,7 @@ class IkeSA:
             # §2.1: a retransmitted request gets the same response again, without being processed again.
             if cached.request_digest == digest:
                 self.services.count("response_resent")
-                self.services.send(cached.data, self.local, self.remote)
+                self._transmit(cached.data, self.local, self.remote)
             else:
                 self.services.count("message_id_reused")
             return
@@ -293,7 +301,7 @@ class IkeSA:
         if fatal is not None and self.crypto is None:
             # IKE_SA_INIT refused: answer in the clear without a responder SPI (§2.6) and keep no state.
             self.rspi = 0
-            self.services.send(self.encode(msg.exchange, msg.msg_id, response=True, payloads=response),
+            self._transmit(self.encode(msg.exchange, msg.msg_id, response=True, payloads=response),
                                self.local, self.remote)
             self.die(fatal)
             return
@@ -302,7 +310,7 @@ class IkeSA:
             self.init_response = out
         self._next_peer_id = msg.msg_id + 1
         self._cached = _CachedResponse(msg.msg_id, digest, out)
-        self.services.send(out, self.local, self.remote)
+        self._transmit(out, self.local, self.remote)
         if fatal is not None:
             self.services.emit(Failure(self.name, fatal))
             self.die(fatal)
@@ -354,7 +362,20 @@ class IkeSA:
     def retransmit_delay(self, tries: int) -> float:
         return self.conn.retransmit_timeout * BACKOFF ** tries
 
+    def _keepalive_at(self) -> float | None:
+        """RFC 3948 §2.3: behind a NAT, keep its mapping for our 4500 flow (which ESP-in-UDP shares) alive."""
+        if self.state == State.ESTABLISHED and self.nat_local:
+            return self.last_sent + NAT_KEEPALIVE_INTERVAL
+        return None
+
     def get_timer(self) -> float | None:
+        main = self._main_timer()
+        keepalive = self._keepalive_at()
+        if keepalive is None:
+            return main
+        return keepalive if main is None else min(main, keepalive)
+
+    def _main_timer(self) -> float | None:
         if self.state == State.DEAD:
             return None
         if self._outstanding is not None:
@@ -367,7 +388,12 @@ class IkeSA:
         return None
 
     def handle_timer(self, now: float) -> None:
-        deadline = self.get_timer()
+        keepalive = self._keepalive_at()
+        if keepalive is not None and now >= keepalive:
+            self.services.count("nat_keepalive_sent")
+            self.now = now
+            self._transmit(NAT_KEEPALIVE, self.local, self.remote)
+        deadline = self._main_timer()
         if deadline is None or now < deadline:
             return
         out = self._outstanding
@@ -378,7 +404,7 @@ class IkeSA:
             out.tries += 1
             out.sent_at = now
             self.services.count("retransmitted")
-            self.services.send(out.data, self.local, self.remote)
+            self._transmit(out.data, self.local, self.remote)
         elif self.state == State.CONNECTING:
             self.services.count("half_open_expired")
             self.die("half-open timeout")
