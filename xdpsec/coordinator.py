@@ -258,6 +258,8 @@ class Gateway:
         want of an SA: the inbound SA first (the peer may use it as soon as it has its own), then the outbound
         one in its worker, and only once the worker has confirmed it, the classifier's child entry that makes
         XDP steer the child's traffic to it. The old outbound SA is removed after the switch."""
+        if self._update_child(child, out_p, in_p):
+            return
         with self._sa_lock:
             if child not in self.child_ids:
                 self.child_ids[child] = len(self.child_ids) + 1
@@ -275,6 +277,32 @@ class Gateway:
         for index in old:
             self._delete_sa(index, clear_child=False)
         self._want_route(out_p.remote.packed)
+
+    def _update_child(self, child: str, out_p: SAParams, in_p: SAParams) -> bool:
+        """The same SAs (SPIs and keys) with new outer addresses or ports: the peer moved behind a NAT (RFC 7296
+        §2.23). Update them in place: a second SA with the same key would share its sequence numbers with the
+        first, and a nonce must never be used twice."""
+        with self._sa_lock:
+            indices = self.child_sas.get(child)
+            if indices is None:
+                return False
+            installed = [self.sas[i] for i in indices]
+            same = all(sa.params.spi == p.spi and sa.params.enc_key == p.enc_key and sa.params.integ_key == p.integ_key
+                       for sa, p in zip(installed, (out_p, in_p), strict=True))
+            if not same:
+                return False
+            for sa, p in zip(installed, (out_p, in_p), strict=True):
+                sa.params = p
+        for sa in installed:
+            req, fut = self._future()
+            self._send(sa.owner, ("update", sa.index, sa.params, req))
+            try:
+                fut.result(timeout=QUERY_TIMEOUT)
+            except FutureTimeout:
+                log.warning("worker %d did not confirm the update of SA %d in time", sa.owner, sa.index)
+        log.info("%s: peer moved to %s; SAs follow (encap %s)", child, out_p.remote, out_p.encap)
+        self._want_route(out_p.remote.packed)
+        return True
 
     def remove_child(self, child: str) -> None:
         """Tear a child's SAs down: stop steering first (its traffic then drops as no_sa, never goes out in

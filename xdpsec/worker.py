@@ -112,6 +112,10 @@ class Worker:
             self.seq_slot[index] = slot
             self.core.add_inbound(index, params, highest_seq=self.spec.seqstore.highest_seen(slot))
             self._ack(req)
+        elif op == "update":
+            _, index, params, req = msg
+            self.core.update(index, params)
+            self._ack(req)
         elif op == "del":
             _, index, req = msg
             self.core.remove(index)

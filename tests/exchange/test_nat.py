@@ -91,3 +91,30 @@ def test_nat_keepalives_from_the_translated_side_only(make_link):
     assert [(dg.sender, dg.src[1], dg.dst[1]) for dg in keepalives] == [("a", 4500, 4500)]
     link.advance(NAT_KEEPALIVE_INTERVAL)
     assert [dg.sender for dg in link.flight() if dg.data == NAT_KEEPALIVE] == ["a"]  # and again, 20 s later
+
+
+def test_child_sas_follow_a_new_nat_mapping(make_link):
+    """§2.23: the NAT in front of A forgets its mapping and gives A's next message a new port. B follows for IKE
+    and re-reports the child with the new port, same SPIs and keys, so its ESP-in-UDP goes where A now is."""
+    import itertools
+
+    from tests.exchange.conftest import conn_a
+    from xdpsec.ike.events import ChildUp
+
+    link = make_link(conn_a(dpd_delay=30.0), nat=True)
+    up(link)
+    first = child_up(link, "b")
+    assert first.out.encap == UdpEncap(4500, 40001)
+    link._nat_ports.clear()  # the NAT rebooted (or timed out): new mappings from here on
+    link._ports = itertools.count(50000)
+    # A's liveness check after 30 s of silence (an INFORMATIONAL request) now comes from a new port.
+    link.advance(30.0)
+    link.settle()
+    ups = [e for e in link.events["b"] if isinstance(e, ChildUp)]
+    assert len(ups) == 2, ups
+    moved = ups[-1]
+    assert moved.out.encap == UdpEncap(4500, 50000) and moved.out.remote == NAT_PUBLIC
+    assert (moved.out.spi, moved.out.enc_key, moved.inb.spi) == (first.out.spi, first.out.enc_key, first.inb.spi)
+    assert link.b.ike_sas()[0]["remote"] == "203.0.113.1[50000]"
+    # A is not behind a new address as far as it knows: nothing changes on its side.
+    assert len([e for e in link.events["a"] if isinstance(e, ChildUp)]) == 1

@@ -169,3 +169,24 @@ def test_garbage_never_raises(gateways):
         for core, kind in ((a, Kind.PROTECT), (b, Kind.ESP), (b, Kind.AH), (a, 99)):
             assert isinstance(core.process(0, junk, kind, 1 + (n % 3), n % 20), list)
     assert sum(a.drops.values()) + sum(b.drops.values()) == 1200
+
+
+def test_update_keeps_sequence_numbers_and_replay_window(gateways):
+    """A peer that moved (NAT remapping) gets its SAs updated in place: numbers continue, old ones stay refused."""
+    import dataclasses
+
+    from scapy.all import ESP
+
+    a, b = gateways
+    b.set_route(ipaddress.ip_address("198.51.100.130").packed, Route.make(0, B_LAN, HOST_B, 1500))
+    frame = from_host_a(IP(src="198.51.100.10", dst="198.51.100.130") / ICMP())
+    sent = [a.process(0, frame, Kind.PROTECT, 1, 14)[0][1] for _ in range(3)]
+    for esp in sent:
+        assert len(b.process(1, esp, Kind.ESP, 2, 14)) == 1
+    moved = ipaddress.ip_address("192.0.2.99")
+    a.set_route(moved.packed, Route.make(1, A_WAN, B_WAN, 1500))
+    a.update(1, dataclasses.replace(a.out[1].params, remote=moved))
+    b.update(2, dataclasses.replace(b.inb[2].params, remote=moved))
+    (_, after), = a.process(0, frame, Kind.PROTECT, 1, 14)
+    assert Ether(after)[IP].dst == "192.0.2.99" and Ether(after)[ESP].seq == 4  # 1-3 are never used again
+    assert b.process(1, sent[1], Kind.ESP, 2, 14) == [] and b.drops[DropReason.REPLAY] == 1

@@ -121,6 +121,18 @@ class PacketCore:
         self.inb[index] = sa
         self.sa_stats[index] = SACounters()
 
+    def update(self, index: int, params: SAParams) -> None:
+        """New outer addresses/ports for an SA (the peer moved behind its NAT), same SPI and keys: the sequence
+        counter and the replay window carry over, so no number is used or accepted twice."""
+        if (old := self.out.get(index)) is not None:
+            sa = OutboundSA(params, next_seq=old.seq + 1, reserve=old._reserve)
+            sa.seq_limit = old.seq_limit
+            self.out[index] = sa
+        elif (old_in := self.inb.get(index)) is not None:
+            sa_in = InboundSA(params)
+            sa_in.window = old_in.window
+            self.inb[index] = sa_in
+
     def remove(self, index: int) -> None:
         self.out.pop(index, None)
         self.inb.pop(index, None)

@@ -25,16 +25,16 @@ import enum
 import hashlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdpsec.crypto.ikecipher import IkeCipher, IntegrityError
 from xdpsec.ike import wire
 from xdpsec.ike.conf import DpdAction, IkeConnConfig, IkeProposal
 from xdpsec.ike.consts import ExchangeType, HeaderFlag
-from xdpsec.ike.events import ChildDown, Event, Failure, IkeDown
+from xdpsec.ike.events import ChildDown, ChildUp, Event, Failure, IkeDown
 from xdpsec.ike.keys import IkeKeys
 from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, responder_tasks
-from xdpsec.sa import IPAddress, SAParams
+from xdpsec.sa import IPAddress, SAParams, UdpEncap
 
 Addr = tuple[IPAddress, int]
 
@@ -269,9 +269,22 @@ class IkeSA:
 
     def _follow_peer(self, local: Addr, remote: Addr) -> None:
         """§2.23: behind a NAT the peer's address and port are whatever its latest authenticated message came
-        from; our own local port changes when the peer floats to 4500."""
-        if self.nat and (local, remote) != (self.local, self.remote):
-            self.local, self.remote = local, remote
+        from; our own local port changes when the peer floats to 4500. Established child SAs follow too: their
+        ESP-in-UDP must go where the NAT now maps the peer, or the tunnel dies while IKE lives. They are
+        reported again (ChildUp, same SPIs and keys) with the new addresses and ports."""
+        if not self.nat or (local, remote) == (self.local, self.remote):
+            return
+        moved = self.state == State.ESTABLISHED and self.remote is not None
+        self.local, self.remote = local, remote
+        if not moved:
+            return
+        self.services.count("peer_moved")
+        for i, child in enumerate(self.children):
+            encap = UdpEncap(local[1], remote[1]) if child.out.encap is not None else None
+            out = replace(child.out, local=local[0], remote=remote[0], encap=encap)
+            inb = replace(child.inb, local=local[0], remote=remote[0], encap=encap)
+            self.children[i] = Child(child.name, out, inb)
+            self.services.emit(ChildUp(self.name, child.name, out, inb))
 
     def _receive_request(self, msg: wire.Message, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         digest = hashlib.sha256(data).digest()
