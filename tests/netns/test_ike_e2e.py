@@ -56,15 +56,18 @@ def test_terminate_removes_both_sides_and_fails_closed(pair):
     assert gws.query(ga, "stats")["xdp"]["drops"].get("no_sa", 0) >= 3
 
 
-def test_ike_transport_mode_ipv6(pair):
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_ike_transport_mode(pair, family):
     lab, gws, (c, d) = pair(PairSpec(mode="transport", proposal="aes128gcm16", keying="ike", workers=1),
-                            topology="host", family="v6")
+                            topology="host", family=family)
     assert len(wait_for_sas(gws, c, 2)) == 2, gws.log(c)
     assert gws.sa(c, "out")["mode"] == "transport"
-    dst = lab.addr["hostD"]["v6"]
+    dst = lab.addr["hostD"][family]
     cap = lab.capture("wire2", "br0")
     assert lab.ping("hostC", dst, count=5, timeout=8).received >= 4
-    seen = wire_report(cap.stop(), lab.addr["hostC"]["v6"], dst)
+    xfer = lab.tcp_transfer("hostC", "hostD", dst, size=2 * 2**20, timeout=90)
+    assert xfer.ok, xfer
+    seen = wire_report(cap.stop(), lab.addr["hostC"][family], dst)
     assert seen["esp"] >= 8 and seen["marker"] == 0, seen
 
 
