@@ -304,11 +304,18 @@ class Gateway:
         self._want_route(out_p.remote.packed)
         return True
 
-    def remove_child(self, child: str) -> None:
+    def remove_child(self, child: str, out_spi: int | None = None, in_spi: int | None = None) -> None:
         """Tear a child's SAs down: stop steering first (its traffic then drops as no_sa, never goes out in
-        clear), then forget the inbound SPI, then the SAs themselves."""
+        clear), then forget the inbound SPI, then the SAs themselves. With SPIs given, only if they are the
+        installed ones: news of an old SA's end must not remove its successor."""
         with self._sa_lock:
-            indices = self.child_sas.pop(child, ())
+            indices = self.child_sas.get(child, ())
+            if out_spi is not None and indices and (self.sas[indices[0]].params.spi,
+                                                    self.sas[indices[1]].params.spi) != (out_spi, in_spi):
+                log.info("%s: SAs %#010x/%#010x went down, but newer ones are installed: kept", child,
+                         out_spi, in_spi or 0)
+                return
+            self.child_sas.pop(child, None)
             self.child_out.pop(child, None)
         if child in self.child_ids:
             self.classifier.clear_child_sa(self.child_ids[child])

@@ -194,7 +194,7 @@ class IkeService:
             self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb)
         elif isinstance(ev, ChildDown):
             log.info("%s/%s: child SA down", ev.conn, ev.child)
-            self.remove(f"{ev.conn}/{ev.child}")
+            self.remove(f"{ev.conn}/{ev.child}", ev.out_spi, ev.in_spi)
         elif isinstance(ev, IkeUp):
             log.info("%s: IKE SA up with %s", ev.conn, ev.peer)
         elif isinstance(ev, IkeDown):

@@ -182,3 +182,22 @@ def test_random_bytes_never_raise(blob):
     b.strict = True
     b.receive_datagram(blob, (conn_b().local_addrs[0], 500), (conn_a().local_addrs[0], 500), T0)
     assert b.datagrams_to_send() == [] and sum(b.stats.values()) == 1
+
+
+def test_initial_contact_from_a_rebooted_peer_replaces_the_stale_sa(make_link):
+    """§2.4: A reboots and negotiates afresh with N(INITIAL_CONTACT): B forgets the IKE SA and child it still
+    holds for that identity at once (ChildDown for the old SPIs before ChildUp for the new), instead of keeping
+    them until a liveness check fails."""
+    link = make_link()
+    up(link)
+    old = child_up(link, "b")
+    # IKE_SA_INIT / IKE_AUTH again from a fresh A:  HDR, SK {IDi, AUTH, N(INITIAL_CONTACT), SAi2, TSi, TSr} -->
+    link.a = IkeManager([conn_a()], rng=seeded_rng(99))
+    link.a.strict = True
+    up(link)
+    seen = [e for e in link.events["b"] if isinstance(e, (events.ChildUp, events.ChildDown))]
+    assert [type(e).__name__ for e in seen] == ["ChildUp", "ChildDown", "ChildUp"]
+    assert (seen[1].out_spi, seen[1].in_spi) == (old.out.spi, old.inb.spi)
+    assert seen[2].out.spi != old.out.spi
+    assert [sa["state"] for sa in link.b.ike_sas()] == ["established"]
+    assert link.b.stats["initial_contact_replaced"] == 1

@@ -48,10 +48,20 @@ class IkeManager:
         self._out: list[tuple[bytes, Addr, Addr]] = []
         self._services = Services(rng=rng, new_child_spi=self._new_child_spi, emit=self._emit,
                                   send=lambda data, local, remote: self._out.append((data, local, remote)),
-                                  count=self._count, reinitiate=self._reinitiate)
+                                  count=self._count, reinitiate=self._reinitiate,
+                                  initial_contact=self._initial_contact)
         self._now = 0.0
         #: Re-raise internal errors instead of counting them: for tests, which must see our bugs.
         self.strict = False
+
+    def _initial_contact(self, new: IkeSA) -> None:
+        """RFC 7296 §2.4: INITIAL_CONTACT from an authenticated peer: forget our other IKE SAs with that identity
+        on that connection (no Delete is sent: the peer no longer knows them)."""
+        for ike in list(self._sas.values()):
+            if ike is not new and ike.name == new.name and ike.peer_id == new.peer_id \
+                    and ike.state == State.ESTABLISHED:
+                self._count("initial_contact_replaced")
+                ike.die("replaced: the peer sent INITIAL_CONTACT")
 
     # --- the shell's API ----------------------------------------------------------------------------------
 

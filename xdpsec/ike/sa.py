@@ -76,6 +76,7 @@ class Services:
     send: Callable[[bytes, Addr, Addr], None]
     count: Callable[[str], None]
     reinitiate: Callable[[str, str | None], None]
+    initial_contact: Callable[[IkeSA], None] = lambda ike: None  # the peer said this is its only IKE SA
 
 
 @dataclass
@@ -139,6 +140,7 @@ class IkeSA:
         self.nat_local = False
         self.nat_remote = False
         self.peer_hash_algorithms: tuple[int, ...] = ()
+        self.peer_id: tuple[int, bytes] | None = None  # the authenticated peer identity (ID type, data)
         self.peer_certreq = False
         self.children: list[Child] = []
         self.announced = False  # IkeUp was emitted, so IkeDown must follow

@@ -164,6 +164,11 @@ class IkeAuth(Task):
                 self.auth = self._my_auth(self._my_id())
             except AuthError as e:
                 raise wire.IkeError(NotifyType.AUTHENTICATION_FAILED, f"cannot sign for the peer: {e}") from None
+            ike.peer_id = (ident.id_type, bytes(ident.data))
+            if any(n.type == NotifyType.INITIAL_CONTACT for n in inbound.notifies()):
+                # §2.4: the peer (rebooted, say) holds no other IKE SA with us: ours are stale. Dropped before
+                # this exchange's child comes up, so the data path sees the old child go, then the new one.
+                ike.services.initial_contact(ike)
             self._established()
             return Status.DONE
         if ident is None or auth is None:
