@@ -11,6 +11,19 @@ namespace), with ``queues`` rx/tx queues because the gateways' AF_XDP workers bi
        198.51.100.10/25  .1 | 192.0.2.1/24  192.0.2.2/24 | .129   198.51.100.130/25
        2001:db8:a::10/64 ::1| 2001:db8:f::1/64 ::2       | 2001:db8:b::1  2001:db8:b::10/64
 
+     site-to-site behind a NAT (``site_to_site(nat=True)``; hosts, lan links and gwB as above)
+
+       hostA ─── gwA ─────────────────────── nat ═════════════════ wire ═════ gwB ─── hostB
+                 wan0 203.0.113.2/24     in0 .1   out0 192.0.2.3/24    (br0)   wan0 192.0.2.2/24
+                      2001:db8:e::2/64       ::1       2001:db8:f::3/64                2001:db8:f::2/64
+
+     ``nat`` masquerades everything leaving ``out0`` with nftables, source ports randomised into NAT_PORTS
+     (``masquerade random``: even a free port is rewritten, as a busy carrier-grade NAT would), and forwards
+     back what its connection tracking knows. gwA's default route points at it; gwB routes hostA's network to
+     192.0.2.3 and never learns 203.0.113.0/24: the NAT's outside address is the only gwA it can reach, the
+     tunnel endpoint it sees (RFC 7296 §2.23). ``nat`` forwards like a gateway; in ``Lab.addr`` its inside
+     port is ``lan_*``, its outside port ``wan_*``.
+
      host-to-host (transport mode)
 
        hostC ═════ wire2 ═════ hostD
@@ -51,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +104,43 @@ SITE_ROUTES = {  # node -> (destination, via)
 }
 GATEWAYS = ("gwA", "gwB")
 
+NAT_NODE = "nat"
+NAT_INSIDE, NAT_OUTSIDE = "in0", "out0"
+#: The range ``nat`` maps TCP and UDP source ports into: none of the IKE/NAT-T ports 500 and 4500 stays as is.
+NAT_PORTS = (1024, 65535)
+NAT_SITE_LINKS = (
+    SITE_LINKS[0],
+    (Port("gwA", "wan0", "wan", "203.0.113.2/24", "2001:db8:e::2/64"),
+     Port(NAT_NODE, NAT_INSIDE, "lan", "203.0.113.1/24", "2001:db8:e::1/64")),
+    (Port(NAT_NODE, NAT_OUTSIDE, "wan", "192.0.2.3/24", "2001:db8:f::3/64"), Port("wire", "wa", BRIDGE_PORT, "", "")),
+    *SITE_LINKS[2:],
+)
+NAT_SITE_ROUTES = {
+    "hostA": SITE_ROUTES["hostA"],
+    "hostB": SITE_ROUTES["hostB"],
+    "gwA": (("default", "203.0.113.1"), ("default", "2001:db8:e::1")),
+    "gwB": (("198.51.100.0/25", "192.0.2.3"), ("2001:db8:a::/64", "2001:db8:f::3")),
+    NAT_NODE: (("198.51.100.0/25", "203.0.113.2"), ("2001:db8:a::/64", "2001:db8:e::2"),
+               ("198.51.100.128/25", "192.0.2.2"), ("2001:db8:b::/64", "2001:db8:f::2")),
+}
+# One inet table NATs IPv4 and IPv6 alike. Ports need a transport protocol in the rule (nft refuses "to :port"
+# otherwise); ICMP echo gets its identifier randomised by the second rule.
+_NAT_RULESET = f"""
+table inet xdpsec_lab_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{NAT_OUTSIDE}" meta l4proto {{ tcp, udp }} masquerade to :{NAT_PORTS[0]}-{NAT_PORTS[1]} random
+        oifname "{NAT_OUTSIDE}" masquerade random
+    }}
+}}
+"""
+
 HOST_LINKS = (
     (Port("hostC", "c0", "", "203.0.113.1/24", "2001:db8:c::1/64"), Port("wire2", "wc", BRIDGE_PORT, "", "")),
     (Port("wire2", "wd", BRIDGE_PORT, "", ""), Port("hostD", "d0", "", "203.0.113.2/24", "2001:db8:c::2/64")),
 )
 
-NODES = frozenset(p.node for links in (SITE_LINKS, HOST_LINKS) for link in links for p in link)
+NODES = frozenset(p.node for links in (SITE_LINKS, NAT_SITE_LINKS, HOST_LINKS) for link in links for p in link)
 
 _COMMON_SYSCTLS = (
     # RFC 4862 §5.4: DAD would keep fresh addresses tentative for a second; lab addresses are unique by design.
@@ -378,15 +423,19 @@ class Lab:
 
     # -- building --------------------------------------------------------------------------------------
 
-    def site_to_site(self) -> Lab:
-        """hostA - gwA = gwB - hostB, routed and forwarding (module picture)."""
+    def site_to_site(self, *, nat: bool = False) -> Lab:
+        """hostA - gwA = gwB - hostB, routed and forwarding (module picture); with ``nat`` gwA sits behind
+        the masquerading node ``nat``: hostA - gwA - nat = gwB - hostB."""
+        if nat:
+            return self._build(NAT_SITE_LINKS, NAT_SITE_ROUTES, (*GATEWAYS, NAT_NODE), self._masquerade)
         return self._build(SITE_LINKS, SITE_ROUTES, GATEWAYS)
 
     def host_to_host(self) -> Lab:
         """hostC = hostD on one link."""
         return self._build(HOST_LINKS, {}, ())
 
-    def _build(self, links, routes: dict, gateways: tuple[str, ...]) -> Lab:
+    def _build(self, links, routes: dict, gateways: tuple[str, ...],
+               finish: Callable[[], None] | None = None) -> Lab:
         nodes = list(dict.fromkeys(p.node for link in links for p in link))
         if clash := [n for n in nodes if n in self._namespaces]:
             raise LabError(f"{self.run_name}: already built: {', '.join(clash)}")
@@ -402,10 +451,16 @@ class Lab:
                 for dst, via in node_routes:
                     family = "-6" if ":" in via else "-4"
                     self._ip(node, family, "route", "add", dst, "via", via)
+            if finish is not None:
+                finish()
         except BaseException:
             self.teardown()
             raise
         return self
+
+    def _masquerade(self) -> None:
+        """Load the ``nat`` node's nftables ruleset (module picture) once its links and routes exist."""
+        self.run(NAT_NODE, "nft", "-f", "-", input=_NAT_RULESET)
 
     def _add_node(self, node: str, *, gateway: bool) -> None:
         name = f"{self.run_name}-{node}"
@@ -618,7 +673,8 @@ def _show(prefix: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xdpsec.lab", description="The xdpsec namespace lab.")
     parser.add_argument("action", choices=("up", "down", "show"))
-    parser.add_argument("--topology", choices=("site", "host", "both"), default="both")
+    parser.add_argument("--topology", choices=("site", "site-nat", "host", "both"), default="both",
+                        help="site-nat: site-to-site with gwA behind a NAT (alone: its nodes are the site's)")
     parser.add_argument("--queues", type=int, default=2)
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--tag", default="lab", help="names become <prefix><tag>-0-<node>")
@@ -628,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the lab needs root (network namespaces)")
     if args.action == "up":
         lab = Lab(queues=args.queues, mtu=args.mtu, tag=args.tag, prefix=args.prefix, persistent=True)
-        if args.topology in ("site", "both"):
-            lab.site_to_site()
+        if args.topology in ("site", "site-nat", "both"):
+            lab.site_to_site(nat=args.topology == "site-nat")
         if args.topology in ("host", "both"):
             lab.host_to_host()
     elif args.action == "down":

@@ -3,6 +3,8 @@ benchmarks.
 
 Manually keyed SAs (RFC 4301 §4.5) with fresh random keys per call: the two gateways of a pair get mirror-image
 configurations (gwA's outbound SPI and key are gwB's inbound ones). Files are written 0600: they hold keys.
+IKEv2-keyed configurations authenticate with a PSK or, given `PubkeyFiles` (`write_pubkey_files` puts the PEM
+files next to the configuration, the private key 0600 as config.py demands), with certificates (RFC 7296 §2.15).
 """
 
 from __future__ import annotations
@@ -88,9 +90,58 @@ def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: t
     return "\n".join(lines) + "\n"
 
 
-def render_ike(side: Side, spec: PairSpec, *, psk: str, initiator: bool, state_dir: str) -> str:
-    """An IKEv2-keyed configuration: PSK authentication with the outer addresses as identities."""
+@dataclass(frozen=True)
+class PubkeyFiles:
+    """One gateway's certificate credentials on disk and the identities they stand for (auth = "pubkey")."""
+
+    cert: Path  # our end-entity certificate, PEM
+    private_key: Path  # its key, PEM, mode 0600
+    cacert: Path  # the trust anchor the peer's certificate must chain to
+    local_id: str  # our certificate's subject, e.g. "CN=gwA"
+    remote_id: str  # the subject the peer's certificate must carry, e.g. "CN=gwB"
+
+
+def write_pubkey_files(directory: Path, name: str, *, cert_pem: bytes, key_pem: bytes, ca_pem: bytes,
+                       local_id: str, remote_id: str) -> PubkeyFiles:
+    """Write ``NAME.pem``, ``NAME.key`` (0600) and ``NAME-ca.pem`` into ``directory``; returns where they are."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = PubkeyFiles(directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}-ca.pem",
+                        local_id, remote_id)
+    for path, data, mode in ((files.cert, cert_pem, 0o644), (files.private_key, key_pem, 0o600),
+                             (files.cacert, ca_pem, 0o644)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return files
+
+
+def _auth_tables(side: Side, psk: str | None, pubkey: PubkeyFiles | None) -> tuple[list[str], list[str]]:
+    """Connection "lab"'s [local] and [remote] tables, and the [secrets] table (PSK only)."""
+    if (psk is None) == (pubkey is None):
+        raise ValueError("render_ike needs exactly one of psk and pubkey")
+    if pubkey is None:
+        local = ['auth = "psk"', f'id = "{side.local_addr}"']
+        remote = ['auth = "psk"', f'id = "{side.remote_addr}"']
+        secrets_table = ["", "[secrets]",
+                         f'ike = [{{ id = ["{side.local_addr}", "{side.remote_addr}"], secret = "{psk}" }}]']
+    else:
+        local = ['auth = "pubkey"', f'id = "{pubkey.local_id}"', f'certs = ["{pubkey.cert}"]',
+                 f'private_key = "{pubkey.private_key}"']
+        remote = ['auth = "pubkey"', f'id = "{pubkey.remote_id}"', f'cacerts = ["{pubkey.cacert}"]']
+        secrets_table = []
+    return ["", "[connections.lab.local]", *local, "", "[connections.lab.remote]", *remote], secrets_table
+
+
+def render_ike(side: Side, spec: PairSpec, *, psk: str | None = None, initiator: bool, state_dir: str,
+               gateway_keys: str = "", conn_keys: str = "", child_keys: str = "",
+               pubkey: PubkeyFiles | None = None) -> str:
+    """An IKEv2-keyed configuration, authenticated either with ``psk`` (the outer addresses as identities) or
+    with the certificates in ``pubkey`` (their subjects as identities).
+
+    `gateway_keys`, `conn_keys` and `child_keys` are raw TOML lines added to [gateway], the connection and its
+    child (e.g. dpd_delay, retransmit_timeout, dpd_action): tables that `Side.extra` cannot reach."""
     proposals = "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
+    auth_tables, secrets_table = _auth_tables(side, psk, pubkey)
     lines = [
         f'instance = "{side.instance}"',
         "",
@@ -98,6 +149,7 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str, initiator: bool, state_d
         f"interfaces = {_toml_list(side.interfaces)}",
         f"workers = {spec.workers}",
         f'state_dir = "{state_dir}"',
+        *([gateway_keys] if gateway_keys else []),
         "",
         "[connections.lab]",
         f'local_addrs = ["{side.local_addr}"]',
@@ -106,15 +158,10 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str, initiator: bool, state_d
     ]
     if spec.encap:
         lines.append("encap = true")
+    if conn_keys:
+        lines.append(conn_keys)
     lines += [
-        "",
-        "[connections.lab.local]",
-        'auth = "psk"',
-        f'id = "{side.local_addr}"',
-        "",
-        "[connections.lab.remote]",
-        'auth = "psk"',
-        f'id = "{side.remote_addr}"',
+        *auth_tables,
         "",
         "[connections.lab.children.net]",
         f"local_ts = {_toml_list(side.local_ts)}",
@@ -123,9 +170,8 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str, initiator: bool, state_d
         f'{proposals} = ["{spec.proposal}"]',
         f"replay_window = {spec.replay_window}",
         f'start_action = "{spec.initiator_action if initiator else "none"}"',
-        "",
-        "[secrets]",
-        f'ike = [{{ id = ["{side.local_addr}", "{side.remote_addr}"], secret = "{psk}" }}]',
+        *([child_keys] if child_keys else []),
+        *secrets_table,
     ]
     if side.extra:
         lines += ["", side.extra]
