@@ -77,6 +77,7 @@ IKE connections (swanctl.conf's names; everything else as above)::
     certs = ["gwA.pem"]            # pubkey: our certificate, then intermediates (PEM or DER, relative to
                                    #   this file)
     private_key = "gwA.key"        # pubkey: unencrypted PEM or DER; mode 0600 or 0400 (refused otherwise)
+    rsa_pss = false                # pubkey with an RSA key: sign with RSASSA-PSS instead of PKCS#1 v1.5
     [connections.<name>.remote]    # how the peer must authenticate
     auth = "pubkey"
     id = "CN=gwB, O=Example"       # default: any identity that authenticates (pubkey), the peer's address (psk)
@@ -133,7 +134,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import NameOID
 
 from xdpsec import proposals
@@ -552,7 +553,7 @@ _IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout
 _CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
                "manual")
 _IKE_CHILD_KEYS = (*_CHILD_KEYS[:-1], "start_action", "dpd_action")
-_LOCAL_KEYS = ("auth", "id", "certs", "private_key")
+_LOCAL_KEYS = ("auth", "id", "certs", "private_key", "rsa_pss")
 _REMOTE_KEYS = ("auth", "id", "cacerts")
 _SECRETS_KEYS = ("ike",)
 _SECRET_KEYS = ("id", "secret")
@@ -1285,7 +1286,11 @@ def _local_pubkey(ck: _Checker, tbl: dict, path: KeyPath, identity: Identity | N
         ck.warn((*path, "id"), f"{identity.text!r} is neither the subject nor a subjectAltName of our certificate "
                                f"({_dn_text(certs[0].subject)}): peers will not accept the certificate for it "
                                f"(RFC 4945 §3.1)")
-    return AuthRound(AuthMethod.PUBKEY, identity, private_key=key,
+    rsa_pss = ck.get(tbl, path, "rsa_pss", bool, False)
+    if rsa_pss and not isinstance(certs[0].public_key(), rsa.RSAPublicKey):
+        ck.error((*path, "rsa_pss"), "only for an RSA key; ours is not RSA (remove rsa_pss)")
+        rsa_pss = False
+    return AuthRound(AuthMethod.PUBKEY, identity, private_key=key, rsa_pss=bool(rsa_pss),
                      certs=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs))
 
 

@@ -266,3 +266,38 @@ def test_unknown_spi_is_dropped_silently(make_link):
     data = header + bytes([0, 0, 0, 32]) + bytes(28)
     link.b.receive_datagram(data, (conn_b().local_addrs[0], 500), (conn_a().local_addrs[0], 500), link.now)
     assert link.b.stats["unknown_spi"] == 1 and link.flight() == []  # §2.21.4: no INVALID_IKE_SPI reflection
+
+
+@pytest.mark.parametrize("pss", [False, True])
+def test_rsa_certificate_signs_with_pss_when_configured(make_link, pki, monkeypatch, pss):
+    """`rsa_pss = true`: the RSA key signs with RSASSA-PSS (RFC 7427 appendix A), otherwise PKCS#1 v1.5."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from tests.exchange.conftest import _cert, _pem
+    from xdpsec.ike.tasks import ike_auth
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("rsa test CA", ca_key, "rsa test CA", ca_key, True)
+    a_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    a_cert = _cert("gw-a", a_key, "rsa test CA", ca_key, False)
+    der = serialization.Encoding.DER
+    seen = []
+    real = ike_auth.verify_signature
+
+    def spy(cert, method, data, octets):
+        seen.append(bytes(data))
+        return real(cert, method, data, octets)
+
+    monkeypatch.setattr(ike_auth, "verify_signature", spy)
+    a_round = AuthRound(AuthMethod.PUBKEY, private_key=_pem(a_key), certs=(a_cert.public_bytes(der),), rsa_pss=pss)
+    b_round = AuthRound(AuthMethod.PUBKEY, private_key=pki.b_key, certs=(pki.b_cert,))
+    link = make_link(conn_a(local=a_round, remote=AuthRound(AuthMethod.PUBKEY, cacerts=(pki.ca_der,))),
+                     conn_b(local=b_round, remote=AuthRound(AuthMethod.PUBKEY, cacerts=(ca.public_bytes(der),))))
+    up(link)
+    assert_mirror(child_up(link, "a"), child_up(link, "b"))
+    # RFC 7427 AUTH data: length | AlgorithmIdentifier | signature. A's RSA key: an OID under pkcs-1 (1.2.840.113549.1.1),
+    # 10 = id-RSASSA-PSS, 11..13 = sha256/384/512WithRSAEncryption (PKCS#1 v1.5).
+    pkcs1 = bytes.fromhex("06092a864886f70d0101")
+    a_auth = next(d for d in seen if pkcs1 in d[:20])
+    assert (a_auth[a_auth.index(pkcs1) + len(pkcs1)] == 10) == pss, a_auth[:20].hex()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -591,3 +591,22 @@ def test_dead_peer_is_noticed_within_the_documented_time(tmp_path_factory, timer
     assert schedule - 1e-6 <= noticed - kill <= a.dpd_delay + schedule + 1e-6, (noticed - kill, schedule)
     assert any(isinstance(e, ChildDown) and t == noticed for t, e in peers.events)
     assert peers.a.ike_sas() == []
+
+
+def test_rsa_pss_reaches_the_core_and_is_refused_for_a_non_rsa_key(tmp_path, pki):
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _cert(_name("gwR"), rsa_key, pki["ca"].subject, ca_key, ca=False)
+    (tmp_path / "gwR.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "gwR.key").write_bytes(rsa_key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    (tmp_path / "gwR.key").chmod(0o600)
+    text = cert_conn("A", "B", "gwR.pem", "gwR.key").replace('private_key = "gwR.key"\n',
+                                                               'private_key = "gwR.key"\nrsa_pss = true\n')
+    [conn] = load(write(tmp_path, text, "r.toml")).ike_connections()
+    assert conn.local.rsa_pss is True
+    ec_text = cert_conn("A", "B", "gwA.pem", "gwA.key").replace('private_key = "gwA.key"\n',
+                                                                  'private_key = "gwA.key"\nrsa_pss = true\n')
+    assert_problem(write(tmp_path, ec_text, "e.toml"), ec_text, "rsa_pss", "connections.site.local.rsa_pss",
+                   "only for an RSA key")

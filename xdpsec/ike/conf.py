@@ -69,6 +69,7 @@ class AuthRound:
     private_key: bytes = field(default=b"", repr=False)   # PEM or DER, local side with PUBKEY
     certs: tuple[bytes, ...] = ()            # DER: our end-entity certificate first, then intermediates
     cacerts: tuple[bytes, ...] = ()          # DER: trust anchors for the peer's chain (remote side)
+    rsa_pss: bool = False                    # local RSA key signs with RSASSA-PSS (RFC 7427 appendix A), not v1.5
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class IkeAuth(Task):
 
     def _signer(self) -> Signer:
         local = self.ike.conn.local
-        return Signer(local.private_key, local.certs)
+        return Signer(local.private_key, local.certs, rsa_pss=local.rsa_pss)
 
     def _my_id(self) -> wire.ID:
         local, ike = self.ike.conn.local, self.ike
