@@ -51,9 +51,13 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: tuple[str, str],
-           in_keys: tuple[str, str], state_dir: str) -> str:
-    proposals = "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
+def _proposals_key(spec: PairSpec) -> str:
+    return "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
+
+
+def _header(side: Side, spec: PairSpec, state_dir: str, *, gateway_keys: str = "",
+            ike_proposal: str | None = None) -> list[str]:
+    """The instance, [gateway] and connection lines both kinds of configuration start with."""
     lines = [
         f'instance = "{side.instance}"',
         "",
@@ -61,13 +65,23 @@ def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: t
         f"interfaces = {_toml_list(side.interfaces)}",
         f"workers = {spec.workers}",
         f'state_dir = "{state_dir}"',
+        *([gateway_keys] if gateway_keys else []),
         "",
         "[connections.lab]",
         f'local_addrs = ["{side.local_addr}"]',
         f'remote_addrs = ["{side.remote_addr}"]',
     ]
+    if ike_proposal:
+        lines.append(f'proposals = ["{ike_proposal}"]')
     if spec.encap:
         lines.append("encap = true")
+    return lines
+
+
+def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: tuple[str, str],
+           in_keys: tuple[str, str], state_dir: str) -> str:
+    proposals = _proposals_key(spec)
+    lines = _header(side, spec, state_dir)
     lines += [
         "",
         "[connections.lab.children.net]",
@@ -140,24 +154,9 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str | None = None, initiator:
 
     `gateway_keys`, `conn_keys` and `child_keys` are raw TOML lines added to [gateway], the connection and its
     child (e.g. dpd_delay, retransmit_timeout, dpd_action): tables that `Side.extra` cannot reach."""
-    proposals = "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
+    proposals = _proposals_key(spec)
     auth_tables, secrets_table = _auth_tables(side, psk, pubkey)
-    lines = [
-        f'instance = "{side.instance}"',
-        "",
-        "[gateway]",
-        f"interfaces = {_toml_list(side.interfaces)}",
-        f"workers = {spec.workers}",
-        f'state_dir = "{state_dir}"',
-        *([gateway_keys] if gateway_keys else []),
-        "",
-        "[connections.lab]",
-        f'local_addrs = ["{side.local_addr}"]',
-        f'remote_addrs = ["{side.remote_addr}"]',
-        f'proposals = ["{spec.ike_proposal}"]',
-    ]
-    if spec.encap:
-        lines.append("encap = true")
+    lines = _header(side, spec, state_dir, gateway_keys=gateway_keys, ike_proposal=spec.ike_proposal)
     if conn_keys:
         lines.append(conn_keys)
     lines += [
