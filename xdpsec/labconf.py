@@ -55,6 +55,19 @@ def _proposals_key(spec: PairSpec) -> str:
     return "ah_proposals" if spec.protocol == Protocol.AH else "esp_proposals"
 
 
+def _child(side: Side, spec: PairSpec) -> list[str]:
+    """The child table's opening lines, the same for manual and IKE keying."""
+    return [
+        "",
+        "[connections.lab.children.net]",
+        f"local_ts = {_toml_list(side.local_ts)}",
+        f"remote_ts = {_toml_list(side.remote_ts)}",
+        f'mode = "{spec.mode}"',
+        f'{_proposals_key(spec)} = ["{spec.proposal}"]',
+        f"replay_window = {spec.replay_window}",
+    ]
+
+
 def _header(side: Side, spec: PairSpec, state_dir: str, *, gateway_keys: str = "",
             ike_proposal: str | None = None) -> list[str]:
     """The instance, [gateway] and connection lines both kinds of configuration start with."""
@@ -80,16 +93,9 @@ def _header(side: Side, spec: PairSpec, state_dir: str, *, gateway_keys: str = "
 
 def render(side: Side, spec: PairSpec, *, out_spi: int, in_spi: int, out_keys: tuple[str, str],
            in_keys: tuple[str, str], state_dir: str) -> str:
-    proposals = _proposals_key(spec)
     lines = _header(side, spec, state_dir)
     lines += [
-        "",
-        "[connections.lab.children.net]",
-        f"local_ts = {_toml_list(side.local_ts)}",
-        f"remote_ts = {_toml_list(side.remote_ts)}",
-        f'mode = "{spec.mode}"',
-        f'{proposals} = ["{spec.proposal}"]',
-        f"replay_window = {spec.replay_window}",
+        *_child(side, spec),
         "",
         "[connections.lab.children.net.manual]",
         f"in_spi = {in_spi:#x}",
@@ -154,20 +160,13 @@ def render_ike(side: Side, spec: PairSpec, *, psk: str | None = None, initiator:
 
     `gateway_keys`, `conn_keys` and `child_keys` are raw TOML lines added to [gateway], the connection and its
     child (e.g. dpd_delay, retransmit_timeout, dpd_action): tables that `Side.extra` cannot reach."""
-    proposals = _proposals_key(spec)
     auth_tables, secrets_table = _auth_tables(side, psk, pubkey)
     lines = _header(side, spec, state_dir, gateway_keys=gateway_keys, ike_proposal=spec.ike_proposal)
     if conn_keys:
         lines.append(conn_keys)
     lines += [
         *auth_tables,
-        "",
-        "[connections.lab.children.net]",
-        f"local_ts = {_toml_list(side.local_ts)}",
-        f"remote_ts = {_toml_list(side.remote_ts)}",
-        f'mode = "{spec.mode}"',
-        f'{proposals} = ["{spec.proposal}"]',
-        f"replay_window = {spec.replay_window}",
+        *_child(side, spec),
         f'start_action = "{spec.initiator_action if initiator else "none"}"',
         *([child_keys] if child_keys else []),
         *secrets_table,

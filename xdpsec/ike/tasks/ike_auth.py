@@ -57,14 +57,20 @@ class IkeAuth(Task):
         addr = ike.local[0]
         return wire.ID(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed)
 
+    def _signed_octets(self, of_initiator: bool, ident: wire.ID) -> bytes:
+        """§2.15: InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, IDi'), and the responder's the
+        mirror image. We sign our own side's and verify the peer's."""
+        ike = self.ike
+        keys, prf = ike.crypto.keys, ike.crypto.proposal.prf
+        if of_initiator:
+            return signed_octets(ike.init_request, ike.nr, prf, keys.sk_pi, id_body(ident))
+        return signed_octets(ike.init_response, ike.ni, prf, keys.sk_pr, id_body(ident))
+
     def _my_auth(self, ident: wire.ID) -> wire.Auth:
         """AUTH over InitiatorSignedOctets / ResponderSignedOctets (§2.15). Raises AuthError."""
         ike = self.ike
-        keys, prf = ike.crypto.keys, ike.crypto.proposal.prf
-        if ike.initiator:
-            octets = signed_octets(ike.init_request, ike.nr, prf, keys.sk_pi, id_body(ident))
-        else:
-            octets = signed_octets(ike.init_response, ike.ni, prf, keys.sk_pr, id_body(ident))
+        prf = ike.crypto.proposal.prf
+        octets = self._signed_octets(ike.initiator, ident)
         local = ike.conn.local
         if local.method == AuthMethod.PSK:
             return wire.Auth(AuthMethodId.SHARED_KEY_MIC, psk_auth(prf, local.psk, octets))
@@ -94,11 +100,8 @@ class IkeAuth(Task):
     def _verify(self, ident: wire.ID, auth: wire.Auth, certs: list[bytes]) -> str | None:
         """Why the peer's AUTH does not prove the identity we require, or None if it does."""
         ike = self.ike
-        keys, prf = ike.crypto.keys, ike.crypto.proposal.prf
-        if ike.initiator:
-            octets = signed_octets(ike.init_response, ike.ni, prf, keys.sk_pr, id_body(ident))
-        else:
-            octets = signed_octets(ike.init_request, ike.nr, prf, keys.sk_pi, id_body(ident))
+        prf = ike.crypto.proposal.prf
+        octets = self._signed_octets(not ike.initiator, ident)
         remote = ike.conn.remote
         if remote.method == AuthMethod.PSK:
             if auth.method != AuthMethodId.SHARED_KEY_MIC:
