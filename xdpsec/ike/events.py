@@ -7,17 +7,25 @@ data path on `ChildUp`, remove them on `ChildDown`, log the rest. Events carry n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from xdpsec.ike.conf import IkeProposal
+from xdpsec.ike.keys import IkeKeys
 from xdpsec.sa import IPAddress, SAParams
 
 
 @dataclass(frozen=True)
 class IkeUp:
+    """An IKE SA is established. `proposal` and `keys` are there for the explicit key export
+    (Wireshark's ikev2_decryption_table); they are left out of repr() and comparisons."""
+
     conn: str
     ispi: int
     rspi: int
     peer: tuple[IPAddress, int]
+    local: tuple[IPAddress, int] | None = None
+    proposal: IkeProposal | None = field(default=None, repr=False, compare=False)
+    keys: IkeKeys | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

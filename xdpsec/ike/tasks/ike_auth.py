@@ -134,7 +134,9 @@ class IkeAuth(Task):
         ike = self.ike
         ike.state = State.ESTABLISHED
         ike.announced = True
-        ike.services.emit(IkeUp(ike.name, ike.ispi, ike.rspi, ike.remote))
+        crypto = ike.crypto
+        ike.services.emit(IkeUp(ike.name, ike.ispi, ike.rspi, ike.remote, ike.local,
+                                crypto.proposal if crypto else None, crypto.keys if crypto else None))
 
     # --- the exchange ---------------------------------------------------------------------------------------
 
