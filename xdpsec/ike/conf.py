@@ -73,6 +73,31 @@ class AuthRound:
 
 
 @dataclass(frozen=True)
+class Lifetime:
+    """When an SA is rekeyed (soft) and when it dies (hard): swanctl.conf's rekey_/life_/rand_ keys.
+
+    Zero means "no limit of this kind". A rekey is scheduled at `rekey_time - uniform(0, rand_time)` so that
+    two peers with the same configuration do not rekey at the same instant (RFC 7296 §2.8.1 collisions are
+    resolved, but avoided is better). `life_time` is the hard limit: the SA is deleted then whatever happened.
+    Bytes and packets count what the data path has carried on the child's SAs.
+    """
+
+    rekey_time: float = 0.0
+    life_time: float = 0.0
+    rand_time: float = 0.0
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+
+
+#: strongSwan's defaults: children rekey after 1 h (life_time = 1.1 x rekey_time, rand_time = the difference);
+#: IKE SAs after 4 h (over_time = 10 % of rekey_time).
+CHILD_LIFETIME = Lifetime(rekey_time=3600.0, life_time=3960.0, rand_time=360.0)
+IKE_LIFETIME = Lifetime(rekey_time=14400.0, life_time=15840.0, rand_time=1440.0)
+
+
+@dataclass(frozen=True)
 class ChildConfig:
     name: str
     local_ts: tuple[TrafficSelector, ...]
@@ -82,6 +107,7 @@ class ChildConfig:
     start_action: StartAction = StartAction.NONE
     dpd_action: DpdAction = DpdAction.CLEAR
     replay_window: int = 1024
+    lifetime: Lifetime = CHILD_LIFETIME
 
 
 @dataclass(frozen=True)
@@ -101,3 +127,4 @@ class IkeConnConfig:
     retransmit_timeout: float = 4.0           # RFC 7296 §2.1 back-off: 4 s, then x1.8 per try (strongSwan's)
     retransmit_tries: int = 5
     keyingtries: int = 1
+    lifetime: Lifetime = IKE_LIFETIME          # rekey_time/over_time/rand_time of the IKE SA (bytes unused)
