@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what xdpsec needs on a fresh Debian 12 machine, and nothing twice.
 #  - Debian packages: bcc (python3-bpfcc: there is no real bcc on PyPI), kernel headers for bcc,
-#    iproute2/ping/tcpdump/iperf3 for the lab, strongSwan for the interop tests (its daemon is never started
+#    iproute2/ping/tcpdump/iperf3/tshark for the lab, strongSwan for the interop tests (its daemon is never started
 #    as a service: the tests run their own charon per namespace).
 #  - /lib/modules/$(uname -r)/{build,source} -> Debian's linux-headers (6.1): the running kernel ships none,
 #    and bcc needs both trees (see shared notes).
@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 python3-venv iproute2 iputils-ping
           tcpdump ethtool iperf3 kmod nftables procps
+          # tshark decrypts lab captures with the keys xdpsec exports (tests/netns/test_keyexport.py)
+          tshark
           # the third-party IKE peer for interop tests and benchmarks (userspace ESP: kernel-libipsec)
           strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
           libstrongswan-extra-plugins libstrongswan-standard-plugins)
@@ -48,8 +50,8 @@ site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purel
 [ -e "$site/bcc" ] || ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 stamp=.venv/.xdpsec-deps
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: pip install -e .[test]"
+  echo "setup: pip install -e .[test,bench]"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,bench]'
   touch "$stamp"
 fi
