@@ -40,6 +40,9 @@ if [ ! -e "$kdir/build/Makefile" ] || [ ! -e "$kdir/source/include/linux/kconfig
   ln -sfn "$common" "$kdir/source"
 fi
 
+# git keeps no file modes, and the config loader refuses private keys others can read
+chmod 600 config/certs/*.key 2>/dev/null || true
+
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
 if [ ! -x .venv/bin/python ]; then

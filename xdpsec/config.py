@@ -27,6 +27,23 @@ Schema (every key; the defaults are what an absent key means)::
     retransmit_tries = 5           # retransmissions before the peer is declared dead, 0..100; both are the
                                    #   default of the IKE connections' keys of the same names
 
+    [log]                          # read by xdpsec.logs.setup
+    format = "plain"               # plain | json (one JSON object per line)
+    level = "info"                 # debug | info | warning | error: every subsystem's default
+    levels = { ike = "debug" }     # per subsystem (logger xdpsec.<name>): ike, dataplane, worker, control, bpf,
+                                   #   config, metrics
+    [metrics]
+    listen = "127.0.0.1:9469"      # Prometheus endpoint, "[::1]:9469" for IPv6; absent: off. Not loopback: a warning
+    [debug]
+    key_export = "/run/xdpsec/keys"  # absolute directory for Wireshark's esp_sa and ikev2_decryption_table;
+                                   #   absent: off; present: a warning (whoever reads it decrypts the traffic)
+    [limits]                       # 1..max each (see _LIMIT_MAX)
+    half_open_ike_sas = 1024       # IKE SAs between IKE_SA_INIT and IKE_AUTH
+    ike_sas_per_peer = 16          # IKE SAs with one remote address
+    sas_per_worker = 4096          # ESP/AH SAs per worker, at most the BPF SAD's XS_MAX_SAS
+    pending_acquires = 256         # trap-triggered initiations queued
+    control_clients = 16           # concurrent control socket connections
+
     [connections.<name>]           # as swanctl connections.<name>; <name> has no '/'
     local_addrs = ["192.0.2.1"]    # outer addresses; manual keying needs exactly one on each side,
     remote_addrs = ["192.0.2.2"]   #   of one family (needed only if a child is tunnel/transport)
@@ -69,6 +86,11 @@ IKE connections (swanctl.conf's names; everything else as above)::
     retransmit_timeout = "4s"      # default: [gateway] retransmit_timeout
     retransmit_tries = 5           # default: [gateway] retransmit_tries
     keyingtries = 1                # 0 = forever
+    rekey_time = "4h"              # IKE SA rekeying (0 = never); life_time = rekey_time + over_time, the hard limit
+    over_time = "24m"              #   default 10 % of rekey_time, > 0 when rekey_time is
+    rand_time = "24m"              #   subtracted at random from rekey_time; default over_time (at most half of
+                                   #   rekey_time); < rekey_time and
+                                   #   <= over_time
     [connections.<name>.local]     # how we authenticate
     auth = "psk"                   # psk | pubkey
     id = "gwA.example.org"         # strongSwan identity: IP, FQDN ("@x" forces FQDN), email, DN "CN=x, O=y",
@@ -89,6 +111,15 @@ IKE connections (swanctl.conf's names; everything else as above)::
                                    #   default: proposals.DEFAULT_ESP_PROPOSALS; or ah_proposals
     start_action = "none"          # none | start | trap
     dpd_action = "clear"           # clear | restart | trap
+    rekey_time = "1h"              # CHILD_SA rekeying, 0 = never (default 1h, or life_time - 10 % if only that)
+    life_time = "66m"              # hard limit, 0 = none (default rekey_time + 10 %); > rekey_time if both set
+    rand_time = "6m"               # subtracted at random from rekey_time (default life_time - rekey_time,
+                                   #   at most half of rekey_time);
+                                   #   < rekey_time and <= life_time - rekey_time
+    rekey_bytes = 0                # volume limits, same defaults as the times (rekey 0 = off); counted on the SAs
+    life_bytes = 0
+    rekey_packets = 0
+    life_packets = 0
 
     [secrets]                      # swanctl's secrets.ike-*: PSKs by the pair of identities
     ike = [ { id = ["gwA.example.org", "gwB.example.org"], secret = "..." } ]
@@ -128,7 +159,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +169,10 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import NameOID
 
 from xdpsec import proposals
-from xdpsec.abi import Action, PolicyDir
+from xdpsec.abi import XS_MAX_SAS, Action, PolicyDir
 from xdpsec.ike.conf import (
+    CHILD_LIFETIME,
+    IKE_LIFETIME,
     AuthMethod,
     AuthRound,
     ChildConfig,
@@ -148,6 +181,7 @@ from xdpsec.ike.conf import (
     Identity,
     IkeConnConfig,
     IkeProposal,
+    Lifetime,
     StartAction,
 )
 from xdpsec.ike.consts import IdType
@@ -219,6 +253,32 @@ class GatewayConfig:
     retransmit_tries: int = IkeConnConfig.retransmit_tries
 
 
+#: Subsystems with a logger of their own, `xdpsec.<subsystem>`: the keys of [log] levels.
+LOG_SUBSYSTEMS = ("ike", "dataplane", "worker", "control", "bpf", "config", "metrics")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("plain", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]: plain or JSON lines, a default level and per-subsystem levels (read by xdpsec.logs.setup)."""
+
+    format: str = "plain"
+    level: str = "info"
+    levels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """[limits]: bounds on what peers and local clients can make the gateway hold (issue 7)."""
+
+    half_open_ike_sas: int = 1024  # IKE SAs past IKE_SA_INIT but not yet authenticated
+    ike_sas_per_peer: int = 16     # IKE SAs with one remote address
+    sas_per_worker: int = 4096     # ESP/AH SAs one worker holds (the BPF SAD has XS_MAX_SAS slots)
+    pending_acquires: int = 256    # trap-triggered initiations queued at once
+    control_clients: int = 16      # concurrent connections to the control socket
+
+
 @dataclass(frozen=True)
 class ManualKeys:
     """SPIs and keys of a manually keyed child (RFC 4301 §4.5): 'in' is what we receive, 'out' what we send."""
@@ -264,6 +324,10 @@ class Config:
     gateway: GatewayConfig
     connections: tuple[Connection, ...]
     warnings: tuple[Problem, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics_listen: tuple[str, int] | None = None  # (host without brackets, port); None: no metrics endpoint
+    key_export: Path | None = None  # directory for Wireshark's esp_sa / ikev2_decryption_table; None: off
+    limits: Limits = field(default_factory=Limits)
 
     def manual_sas(self) -> list[tuple[str, SAParams, SAParams]]:
         """("conn/child", outbound SA, inbound SA) for every manually keyed child, in configuration order."""
@@ -544,20 +608,28 @@ class _Checker:
 
 # --- the schema, section by section ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("instance", "gateway", "connections", "secrets", "secrets_file")
+_TOP_KEYS = ("instance", "gateway", "connections", "secrets", "secrets_file", "log", "metrics", "debug", "limits")
 _GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port",
                  "retransmit_timeout", "retransmit_tries")
 _CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
 _IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries",
-                  "retransmit_timeout", "retransmit_tries", "local", "remote")
+                  "retransmit_timeout", "retransmit_tries", "rekey_time", "over_time", "rand_time", "local",
+                  "remote")
 _CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
                "manual")
-_IKE_CHILD_KEYS = (*_CHILD_KEYS[:-1], "start_action", "dpd_action")
+_CHILD_LIFETIME_KEYS = ("rekey_time", "life_time", "rand_time", "rekey_bytes", "life_bytes", "rekey_packets",
+                        "life_packets")
+_IKE_CHILD_KEYS = (*_CHILD_KEYS[:-1], "start_action", "dpd_action", *_CHILD_LIFETIME_KEYS)
+_ANY_CHILD_KEYS = tuple(dict.fromkeys((*_CHILD_KEYS, *_IKE_CHILD_KEYS)))  # IKE-only keys get their own message
 _LOCAL_KEYS = ("auth", "id", "certs", "private_key", "rsa_pss")
 _REMOTE_KEYS = ("auth", "id", "cacerts")
 _SECRETS_KEYS = ("ike",)
 _SECRET_KEYS = ("id", "secret")
 _MANUAL_KEYS = ("in_spi", "out_spi", "in_enc_key", "out_enc_key", "in_integ_key", "out_integ_key")
+_LOG_KEYS = ("format", "level", "levels")
+_METRICS_KEYS = ("listen",)
+_DEBUG_KEYS = ("key_export",)
+_LIMITS_KEYS = tuple(f.name for f in fields(Limits))
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IFNAME_RE = re.compile(r"[^/\s:]{1,15}")  # IFNAMSIZ - 1; '/', ':' and whitespace are not allowed by the kernel
 _MAX_PRIORITY = 1_000_000
@@ -800,7 +872,12 @@ def _proposal(ck: _Checker, tbl: dict, path: KeyPath, encap: bool) -> tuple[Prot
 
 
 def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, ike: bool, encap: bool) -> Child | None:
-    ck.unknown_keys(tbl, path, _IKE_CHILD_KEYS if ike else _CHILD_KEYS)
+    if not ike:
+        for key in tbl:
+            if key in _IKE_CHILD_KEYS and key not in _CHILD_KEYS:
+                ck.error((*path, key), "only for children keyed by IKE (a manually keyed SA is never rekeyed "
+                                       "or started); remove it, or key this connection with IKE")
+    ck.unknown_keys(tbl, path, _IKE_CHILD_KEYS if ike else _ANY_CHILD_KEYS)
     mode = ck.choice(tbl, path, "mode", ChildMode, ChildMode.TUNNEL)
     if mode is None:
         return None
@@ -830,7 +907,7 @@ def _child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, ike: bool, 
     child = Child(name=path[-1], mode=mode, local_ts=local_ts, remote_ts=remote_ts, priority=priority,
                   replay_window=replay)
     if mode in _SHUNT_ACTION:
-        for key in ("esp_proposals", "ah_proposals", "manual", "start_action", "dpd_action"):
+        for key in ("esp_proposals", "ah_proposals", "manual", "start_action", "dpd_action", *_CHILD_LIFETIME_KEYS):
             if key in tbl:
                 ck.error((*path, key), f"mode = \"{mode.value}\" is a shunt without SAs; remove {key}")
         return child
@@ -1345,16 +1422,17 @@ def _ike_child(ck: _Checker, conn: Connection, path: KeyPath, tbl: dict, child: 
     found = _child_proposals(ck, tbl, path, encap)
     start = ck.choice(tbl, path, "start_action", StartAction, StartAction.NONE)
     dpd = ck.choice(tbl, path, "dpd_action", DpdAction, DpdAction.CLEAR)
+    lifetime = _child_lifetime(ck, tbl, path)
     if start in (StartAction.START, StartAction.TRAP) and not conn.remote_addrs:
         ck.error((*path, "start_action"), f"\"{start.value}\" initiates, but remote_addrs is any: a connection "
                                           f"for any peer can only respond; name the peer in remote_addrs")
         return None
-    if found is None or start is None or dpd is None:
+    if found is None or start is None or dpd is None or lifetime is None:
         return None
     protocol, offers = found
     config = ChildConfig(name=child.name, local_ts=child.local_ts, remote_ts=child.remote_ts,
                          mode=Mode(child.mode.value), proposals=offers, start_action=start, dpd_action=dpd,
-                         replay_window=child.replay_window)
+                         replay_window=child.replay_window, lifetime=lifetime)
     return replace(child, protocol=protocol, ike=config)
 
 
@@ -1385,6 +1463,103 @@ def _duration(ck: _Checker, tbl: dict, path: KeyPath, key: str) -> float | None:
         return None
 
 
+# --- IKE: lifetimes (swanctl's rekey_/life_/rand_/over_ keys) -------------------------------------------------------
+
+_MAX_VOLUME = 2**63 - 1  # bytes and packets: 64-bit counters, as the data path keeps them
+_UNSET = object()
+
+
+def format_duration(seconds: float) -> str:
+    """The largest unit that states `seconds` exactly: 3600 -> "1h", 3960 -> "66m", 7.5 -> "7.5s"."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _DURATION_UNITS[unit] == 0:
+            return f"{int(seconds // _DURATION_UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+def _amount(ck: _Checker, tbl: dict, path: KeyPath, key: str, time: bool) -> Any:
+    """A duration (time) or a byte/packet count; _UNSET if absent, None if wrong."""
+    if key not in tbl:
+        return _UNSET
+    return _duration(ck, tbl, path, key) if time else ck.integer(tbl, path, key, 0, _MAX_VOLUME, 0)
+
+
+def _soft_hard(ck: _Checker, tbl: dict, path: KeyPath, kind: str, default: float) -> tuple[Any, Any] | None:
+    """rekey_<kind> and life_<kind> with strongSwan's defaults: the one not given is 10 % more (life) or less
+    (rekey) than the other; neither given: rekey = `default`. Both non-zero: the SA must outlive its rekey."""
+    time = kind == "time"
+    soft_key, hard_key = f"rekey_{kind}", f"life_{kind}"
+    soft, hard = (_amount(ck, tbl, path, key, time) for key in (soft_key, hard_key))
+    if soft is None or hard is None:
+        return None
+    show = format_duration if time else str
+    if soft is _UNSET:
+        soft = default if hard is _UNSET else (hard * 9 / 10 if time else hard * 9 // 10)
+    if hard is _UNSET:
+        hard = soft * 11 / 10 if time else soft * 11 // 10
+    elif soft and hard and hard <= soft:
+        better = show(soft * 11 / 10 if time else soft * 11 // 10)
+        ck.error((*path, hard_key), f"{show(hard)} is not more than {soft_key} ({show(soft)}): the SA would die "
+                                    f"before it is rekeyed; make it larger, e.g. {better} ({soft_key} + 10 %, "
+                                    f"strongSwan's default), or set it to 0 for no limit")
+        return None
+    return soft, hard
+
+
+def _check_rand(ck: _Checker, path: KeyPath, rand: float, rekey: float, margin: float, margin_name: str) -> bool:
+    """A rekey is scheduled at rekey_time - uniform(0, rand_time) (xdpsec.ike.conf.Lifetime)."""
+    if rekey and rand >= rekey:
+        ck.error((*path, "rand_time"), f"{format_duration(rand)} is not less than rekey_time "
+                                       f"({format_duration(rekey)}): the rekey could be due at once; e.g. "
+                                       f"rand_time = \"{format_duration(margin or rekey / 10)}\"")
+        return False
+    # The random spread stays within the margin between rekey and expiry (strongSwan's default is exactly it),
+    # so a peer's rekeys stay close to what its rekey_time says.
+    if rekey and margin and rand > margin:
+        ck.error((*path, "rand_time"), f"{format_duration(rand)} is more than {margin_name} "
+                                       f"({format_duration(margin)}); at most that, e.g. rand_time = "
+                                       f"\"{format_duration(margin)}\" (the default)")
+        return False
+    return True
+
+
+def _child_lifetime(ck: _Checker, tbl: dict, path: KeyPath) -> Lifetime | None:
+    """A child's rekey_/life_/rand_time, rekey_/life_bytes and rekey_/life_packets (swanctl.conf defaults)."""
+    pairs = [_soft_hard(ck, tbl, path, kind, default) for kind, default in
+             (("time", CHILD_LIFETIME.rekey_time), ("bytes", 0), ("packets", 0))]
+    rand = _amount(ck, tbl, path, "rand_time", time=True)
+    if None in pairs or rand is None:
+        return None
+    (rekey, life), (rekey_bytes, life_bytes), (rekey_packets, life_packets) = pairs  # type: ignore[misc]
+    margin = max(life - rekey, 0.0) if rekey else 0.0
+    if rand is _UNSET:
+        rand = min(margin, rekey / 2)  # strongSwan's default, kept clear of rekeying at once (life >= 2 x rekey)
+    elif not _check_rand(ck, path, rand, rekey, margin, "life_time - rekey_time"):
+        return None
+    return Lifetime(rekey_time=rekey, life_time=life, rand_time=rand, rekey_bytes=rekey_bytes,
+                    life_bytes=life_bytes, rekey_packets=rekey_packets, life_packets=life_packets)
+
+
+def _ike_lifetime(ck: _Checker, tbl: dict, path: KeyPath) -> Lifetime | None:
+    """The IKE SA's rekey_time, over_time (life_time = rekey_time + over_time) and rand_time (swanctl.conf)."""
+    rekey, over, rand = (_amount(ck, tbl, path, key, time=True) for key in ("rekey_time", "over_time", "rand_time"))
+    if None in (rekey, over, rand):
+        return None
+    rekey = IKE_LIFETIME.rekey_time if rekey is _UNSET else rekey
+    if over is _UNSET:
+        over = rekey / 10
+    elif rekey and not over:
+        ck.error((*path, "over_time"), f"0 leaves no time to rekey: the IKE SA would be deleted when its rekeying "
+                                       f"starts; e.g. over_time = \"{format_duration(rekey / 10)}\" (10 % of "
+                                       f"rekey_time, the default)")
+        return None
+    if rand is _UNSET:
+        rand = min(over, rekey / 2)  # strongSwan's default (over_time), at most half of rekey_time
+    elif not _check_rand(ck, path, rand, rekey, over, "over_time"):
+        return None
+    return Lifetime(rekey_time=rekey, life_time=rekey + over if rekey or over else 0.0, rand_time=rand)
+
+
 def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Connection | None:
     path = ("connections", name)
     ck.unknown_keys(tbl, path, _IKE_CONN_KEYS)
@@ -1399,6 +1574,7 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
     timers = [_duration(ck, tbl, path, key) for key in ("dpd_delay", "dpd_timeout")]
     tries = ck.integer(tbl, path, "keyingtries", 0, 1_000_000, 1)
     retransmission = _retransmission(ck, tbl, path, ctx.retransmission)
+    lifetime = _ike_lifetime(ck, tbl, path)
     children_tbl = ck.get(tbl, path, "children", dict)
     rounds = None
     if local is not None and remote is not None:
@@ -1421,14 +1597,119 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
             child = _child(ck, conn, child_path, child_tbl, ike=True, encap=bool(encap))
             if child is not None:
                 children.append(child)
-    if rounds is None or None in (ike_proposals, encap, tries, *ports, *timers, *retransmission) or version != 2:
+    if rounds is None or None in (ike_proposals, encap, tries, lifetime, *ports, *timers, *retransmission) \
+            or version != 2:
         return None
     ike = IkeConnConfig(name=name, local_addrs=local, remote_addrs=remote, proposals=ike_proposals,
                         local=rounds[0], remote=rounds[1], children=tuple(c.ike for c in children if c.ike),
                         encap=encap, local_port=ports[0], remote_port=ports[1], dpd_delay=timers[0],
                         dpd_timeout=timers[1], retransmit_timeout=retransmission[0],
-                        retransmit_tries=retransmission[1], keyingtries=tries)
+                        retransmit_tries=retransmission[1], keyingtries=tries, lifetime=lifetime)
     return replace(conn, children=tuple(children), ike=ike)
+
+
+# --- operations: [log], [metrics], [debug], [limits] --------------------------------------------------------------
+
+#: Upper bounds of [limits] (the lower bound is 1): beyond them a limit no longer limits anything this gateway
+#: can hold (sas_per_worker: the BPF SAD's XS_MAX_SAS slots).
+_LIMIT_MAX = {"half_open_ike_sas": 1_000_000, "ike_sas_per_peer": 65_536, "sas_per_worker": XS_MAX_SAS,
+              "pending_acquires": 65_536, "control_clients": 1024}
+_LISTEN_RE = re.compile(r"\[(?P<v6>[^\]]*)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]*):(?P<port>\d+)")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" with an IP address -> (host without brackets, port). Raises ValueError."""
+    m = _LISTEN_RE.fullmatch(text.strip())
+    hint = "write address:port, e.g. \"127.0.0.1:9469\" or \"[::1]:9469\""
+    if m is None:
+        raise ValueError(f"{text!r} is not host:port; {hint}")
+    host, port = (m["v6"], m["port6"]) if m["port6"] else (m["host"], m["port"])
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address; {hint}") from None
+    if (addr.version == 6) != bool(m["port6"]):
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, an IPv4 address without; {hint}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {int(port)} is outside 1..65535")
+    return str(addr), int(port)
+
+
+def _log(ck: _Checker, tbl: dict) -> LogConfig | None:
+    path = ("log",)
+    ck.unknown_keys(tbl, path, _LOG_KEYS)
+    problems = len(ck.problems)
+    fmt = _one_of(ck, tbl, path, "format", LOG_FORMATS, LogConfig.format)
+    level = _one_of(ck, tbl, path, "level", LOG_LEVELS, LogConfig.level)
+    levels = ck.get(tbl, path, "levels", dict, {})
+    if levels is not None:
+        ck.unknown_keys(levels, (*path, "levels"), LOG_SUBSYSTEMS)
+        for name in LOG_SUBSYSTEMS:
+            _one_of(ck, levels, (*path, "levels"), name, LOG_LEVELS, None)
+    if len(ck.problems) > problems:
+        return None
+    return LogConfig(format=fmt, level=level, levels=dict(levels))
+
+
+def _one_of(ck: _Checker, tbl: dict, path: KeyPath, key: str, valid: tuple[str, ...],
+            default: str | None) -> str | None:
+    """A string from `valid`, with the closest one as the hint when it is not."""
+    value = ck.get(tbl, path, key, str, default)
+    if value is not None and value not in valid:
+        close = difflib.get_close_matches(value, valid, n=1)
+        ck.error((*path, key), f"{value!r} is not one of {' | '.join(valid)}"
+                               + (f"; did you mean {close[0]!r}?" if close else ""))
+        return None
+    return value
+
+
+def _metrics(ck: _Checker, tbl: dict) -> tuple[str, int] | None:
+    path = ("metrics",)
+    ck.unknown_keys(tbl, path, _METRICS_KEYS)
+    text = ck.get(tbl, path, "listen", str, None)
+    if text is None:
+        return None
+    try:
+        host, port = parse_listen(text)
+    except ValueError as e:
+        ck.error((*path, "listen"), str(e))
+        return None
+    if not ipaddress.ip_address(host).is_loopback:
+        ck.warn((*path, "listen"), f"serves SA names, addresses and counters to anyone who reaches {text} "
+                                   f"(no authentication): prefer 127.0.0.1 or a firewall rule")
+    return host, port
+
+
+def _key_export(ck: _Checker, tbl: dict) -> Path | None:
+    path = ("debug",)
+    ck.unknown_keys(tbl, path, _DEBUG_KEYS)
+    directory = ck.get(tbl, path, "key_export", str, None)
+    if directory is None:
+        return None
+    if not directory.startswith("/"):
+        ck.error((*path, "key_export"), f"{directory!r} must be an absolute path, e.g. \"/run/xdpsec/keys\"")
+        return None
+    ck.warn((*path, "key_export"), f"writes every ESP and IKE key to {directory}: whoever reads it decrypts the "
+                                   f"traffic; for debugging only, remove it afterwards")
+    return Path(directory)
+
+
+def _limits(ck: _Checker, tbl: dict) -> Limits | None:
+    path = ("limits",)
+    ck.unknown_keys(tbl, path, _LIMITS_KEYS)
+    values = {f.name: ck.integer(tbl, path, f.name, 1, _LIMIT_MAX[f.name], f.default) for f in fields(Limits)}
+    return None if None in values.values() else Limits(**values)
+
+
+def _operations(ck: _Checker, data: dict) -> dict[str, Any] | None:
+    """The Config fields of [log], [metrics], [debug] and [limits]; None if any of them is wrong."""
+    out: dict[str, Any] = {}
+    problems = len(ck.problems)
+    for key, parse, attr in (("log", _log, "log"), ("metrics", _metrics, "metrics_listen"),
+                             ("debug", _key_export, "key_export"), ("limits", _limits, "limits")):
+        if key in data and ck.table(data[key], (key,)) and (value := parse(ck, data[key])) is not None:
+            out[attr] = value
+    return out if len(ck.problems) == problems else None
 
 
 # --- whole-file checks ------------------------------------------------------------------------------------------
@@ -1494,9 +1775,10 @@ def _build(ck: _Checker, data: dict, path: Path) -> Config | None:
             if conn is not None:
                 connections.append(conn)
     _check_spis(ck, tuple(connections))
-    if gateway is None or instance is None:
+    operations = _operations(ck, data)
+    if gateway is None or instance is None or operations is None:
         return None
-    config = Config(path=path, instance=instance, gateway=gateway, connections=tuple(connections))
+    config = Config(path=path, instance=instance, gateway=gateway, connections=tuple(connections), **operations)
     _check_shadowing(ck, config.policies())
     return config
 

@@ -21,6 +21,7 @@ Transform IDs are the IANA numbers of `xdpsec.ike.consts`.
 
 from __future__ import annotations
 
+import difflib
 import re
 from itertools import product
 
@@ -188,7 +189,8 @@ def _tokens(s: str, what: str) -> list[str]:
     return tokens
 
 
-def _unknown(token: str, valid: list[str], refused: dict[str, str], elsewhere: dict[str, str]) -> ProposalError:
+def _unknown(token: str, tables: dict[str, dict], refused: dict[str, str],
+             elsewhere: dict[str, str]) -> ProposalError:
     if token in refused:
         return ProposalError(f"{token}: {refused[token]}")
     if token in elsewhere:
@@ -196,7 +198,11 @@ def _unknown(token: str, valid: list[str], refused: dict[str, str], elsewhere: d
     if m := _ADDKE_RE.fullmatch(token):
         return ProposalError(f"{token}: not yet supported: additional key exchanges (RFC 9370, here number "
                              f"{m[1]}: {m[2]}) are not implemented; remove it")
-    return ProposalError(f"unknown algorithm {token!r}; valid names are: {', '.join(valid)}")
+    # A typo is the likely cause: name the closest algorithm, then every valid one by transform type.
+    close = difflib.get_close_matches(token, [name for table in tables.values() for name in table], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    valid = "; ".join(f"{kind}: {', '.join(table)}" for kind, table in tables.items())
+    return ProposalError(f"unknown algorithm {token!r}; {hint}valid names are {valid}")
 
 
 def _classify(s: str, what: str, tables: dict[str, dict], refused: dict[str, str],
@@ -206,7 +212,7 @@ def _classify(s: str, what: str, tables: dict[str, dict], refused: dict[str, str
     for token in _tokens(s, what):
         kind = next((k for k, table in tables.items() if token in table), None)
         if kind is None:
-            raise _unknown(token, [name for table in tables.values() for name in table], refused, elsewhere)
+            raise _unknown(token, tables, refused, elsewhere)
         if all(tables[kind][seen] != tables[kind][token] for seen in found[kind]):
             found[kind].append(token)  # `sha256-sha2_256` names one algorithm, not two alternatives
     return found

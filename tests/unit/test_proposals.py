@@ -63,7 +63,10 @@ ESP_REFUSED = [
     ("aes128gcm64", ["8-byte ICV"]),
     ("aes128ccm16", ["AES-CCM is not implemented"]),
     ("blowfish-sha256", ["Blowfish", "RFC 8221"]),
-    ("twofish-sha256", ["unknown algorithm 'twofish'", "valid names are", "aes128gcm16", "sha256"]),
+    ("twofish-sha256", ["unknown algorithm 'twofish'; valid names are encryption: aes128, ", "aes128gcm16",
+                        "; integrity: sha256, ", "; ESN: esn, noesn"]),
+    ("aes128gcm-sha256", ["unknown algorithm 'aes128gcm'; did you mean 'aes128gcm16'? valid names are"]),
+    ("aes128-hmac_sha256", ["did you mean 'sha256'?"]),
     ("aes128gcm16-sha256", ["AEAD", "remove 'sha256'"]),
     ("aes128", ["needs an integrity algorithm", "aes128-sha256"]),
     ("null", ["needs an integrity algorithm"]),
@@ -278,3 +281,18 @@ _IKE_PROPOSALS = st.one_of(
 @given(_IKE_PROPOSALS)
 def test_every_ike_proposal_round_trips_through_its_name(p):
     assert parse_ike(format_ike(p)) == [p]
+
+
+def test_an_unknown_name_lists_every_valid_one_by_type():
+    """The message is the reference: each accepted token appears under its transform type, nothing else does."""
+    from xdpsec.proposals import _ENCR, _ESN, _IKE_ENCR, _INTEG, _KE, _PRF
+    with pytest.raises(ProposalError) as e:
+        parse_ike("rot13-prfsha256-x25519")
+    listed = dict(part.split(": ", 1) for part in str(e.value).split("valid names are ")[1].split("; "))
+    assert {kind: value.split(", ") for kind, value in listed.items()} == {
+        "encryption": list(_IKE_ENCR), "integrity": list(_INTEG), "PRF": list(_PRF), "key exchange": list(_KE)}
+    with pytest.raises(ProposalError) as e:
+        parse_esp("rot13-sha256")
+    listed = dict(part.split(": ", 1) for part in str(e.value).split("valid names are ")[1].split("; "))
+    assert {kind: value.split(", ") for kind, value in listed.items()} == {
+        "encryption": list(_ENCR), "integrity": list(_INTEG), "ESN": list(_ESN)}
