@@ -6,7 +6,12 @@ and IPv6), a wake-up pipe for commands, and the manager's next timer; it feeds d
 sends what the manager hands back, and turns its events into data-path changes:
 
     ChildUp   -> Gateway.install_child(child, outbound SAParams, inbound SAParams)   (make-before-break order)
-    ChildDown -> Gateway.remove_child(child)
+    ChildDown -> Gateway.remove_child(child, out_spi, in_spi)   (only those SAs: a rekey's successor stays)
+    IkeUp     -> on_ike_up(event), when set (the key export)
+
+Events are acted on before the datagrams of the same turn are sent: a new child pair is in the data path
+before our CREATE_CHILD_SA response (the peer may use it at once) or our Delete of the pair it replaces goes
+out. Byte and packet lifetimes read the data path's counters through `usage(inbound SPI) -> (bytes, packets)`.
 
 Port 4500 carries IKE behind a 4-byte non-ESP marker (RFC 3948 §2.2): stripped on receipt, added on sending.
 ESP-in-UDP never reaches these sockets: the XDP classifier steers it to the workers, and drops NAT keepalives.
@@ -43,11 +48,14 @@ COMMANDS_MAX = 64
 
 class IkeService:
     def __init__(self, conns: list[IkeConnConfig], *, install: Callable, remove: Callable,
-                 spi_in_use: Callable[[int], bool]) -> None:
+                 spi_in_use: Callable[[int], bool], on_ike_up: Callable[[IkeUp], None] | None = None,
+                 usage: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.conns = {c.name: c for c in conns}
         self.install = install
         self.remove = remove
-        self.manager = IkeManager(conns, spi_in_use=spi_in_use)
+        self.on_ike_up = on_ike_up
+        self.usage = usage
+        self.manager = IkeManager(conns, spi_in_use=spi_in_use, usage=self._usage)
         self.sel = selectors.DefaultSelector()
         self.socks: dict[tuple[IPAddress, int], socket.socket] = {}
         self.commands: queue.Queue = queue.Queue(maxsize=COMMANDS_MAX)
@@ -99,8 +107,22 @@ class IkeService:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    def _usage(self, spi: int) -> tuple[int, int] | None:
+        return self.usage(spi) if self.usage is not None else None
+
+    def reconfigure(self, conns: list[IkeConnConfig]) -> dict[str, list[str]]:
+        """Adopt a reloaded set of connections (IkeManager.reconfigure); sockets for new local addresses."""
+        with self.lock:
+            diff = self.manager.reconfigure(conns, time.time())
+            self.conns = {c.name: c for c in conns}
+            self.open_sockets()
+        self._wake()
+        log.info("IKE connections reconfigured: %s", {k: v for k, v in diff.items() if v})
+        return diff
+
     def command(self, op: str, *args) -> None:
-        """Queue an operator command (initiate, terminate) for the IKE thread."""
+        """Queue an operator command for the IKE thread: ("initiate", conn, child), ("terminate", conn),
+        ("rekey", conn, child or None, ike: bool)."""
         self.commands.put_nowait((op, *args))
         self._wake()
 
@@ -131,12 +153,13 @@ class IkeService:
                     timer = self.manager.get_timer()
                     if timer is not None and timer <= now:
                         self.manager.handle_timer(now)
-                    self._flush()
+                    out = self.manager.datagrams_to_send()
                     events = []
                     while (ev := self.manager.next_event()) is not None:
                         events.append(ev)
                 for ev in events:  # data-path changes outside the lock: they wait for workers
                     self._event(ev)
+                self._flush(out)  # only now: the SAs these messages announce are installed
             except Exception:  # a bug in the core must not take IKE down for every other peer
                 self.errors += 1
                 log.exception("IKE: unexpected error (counted); continuing")
@@ -162,8 +185,8 @@ class IkeService:
                 self.errors += 1
                 log.exception("IKE: unexpected error on a datagram from %s (counted)", remote[0])
 
-    def _flush(self) -> None:
-        for data, local, remote in self.manager.datagrams_to_send():
+    def _flush(self, out: list) -> None:
+        for data, local, remote in out:
             sock = self.socks.get((local[0], local[1]))
             if sock is None:
                 log.warning("IKE: no socket for %s:%d; datagram to %s dropped", local[0], local[1], remote[0])
@@ -186,6 +209,8 @@ class IkeService:
                 self.manager.initiate(args[0], args[1], now)
             elif op == "terminate":
                 self.manager.terminate(args[0], now)
+            elif op == "rekey":
+                self.manager.rekey(*args, now)
 
     def _event(self, ev) -> None:
         if isinstance(ev, ChildUp):
@@ -193,10 +218,12 @@ class IkeService:
                      ev.out.mode.value)
             self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb)
         elif isinstance(ev, ChildDown):
-            log.info("%s/%s: child SA down", ev.conn, ev.child)
+            log.info("%s/%s: child SA down: in %#010x out %#010x", ev.conn, ev.child, ev.in_spi, ev.out_spi)
             self.remove(f"{ev.conn}/{ev.child}", ev.out_spi, ev.in_spi)
         elif isinstance(ev, IkeUp):
-            log.info("%s: IKE SA up with %s", ev.conn, ev.peer)
+            log.info("%s: IKE SA up with %s[%d]: %016x_i %016x_r", ev.conn, ev.peer[0], ev.peer[1], ev.ispi, ev.rspi)
+            if self.on_ike_up is not None:
+                self.on_ike_up(ev)
         elif isinstance(ev, IkeDown):
             log.info("%s: IKE SA down: %s", ev.conn, ev.reason)
         elif isinstance(ev, Failure):

@@ -64,7 +64,7 @@ def test_lost_response_is_recovered_by_retransmission(make_link):
     # IKE_AUTH  HDR(msg 1), SK {...}  -->  (retransmission, same bytes)
     #           <--  HDR(msg 1), SK {...}  (from B's cache)
     link.settle()
-    assert link.a.stats["retransmitted"] == 1 and link.b.stats["response_resent"] == 1
+    assert link.a.stats["retransmit"] == 1 and link.b.stats["response_resent"] == 1
     assert child_up(link, "a").out.spi == child_up(link, "b").inb.spi
 
 

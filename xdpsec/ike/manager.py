@@ -11,6 +11,12 @@ a half-open SA, bounded by `max_half_open`; its retransmissions are recognised b
 answered from the SA's cache. Messages for SPIs we do not know are dropped: §2.21.4 allows INVALID_IKE_SPI
 there but does not require it, and an unauthenticated answer to spoofed sources would make us a reflector.
 Nothing a peer sends makes `receive_datagram` raise.
+
+Rekeying (tasks/child_rekey.py, tasks/ike_rekey.py) is driven by each SA's lifetimes, or by `rekey_child` and
+`rekey_ike`. An IKE SA born of a rekey is adopted here under its own SPI. Child SAs whose IKE SA died because a
+rekey went unanswered are kept as orphans until their hard lifetime, then reported down. `stats` counts what
+happened (`retransmit`, `child_rekey`, `ike_rekey`, `rekey_failed`, `ike_established`, drops by reason) and
+`handshakes` keeps the last durations from the first IKE_SA_INIT to IKE_AUTH done.
 """
 
 from __future__ import annotations
@@ -20,24 +26,33 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from xdpsec.ike import wire
-from xdpsec.ike.conf import ChildConfig, IkeConnConfig
+from xdpsec.ike.conf import ChildConfig, IkeConnConfig, StartAction
 from xdpsec.ike.consts import ExchangeType
 from xdpsec.ike.events import ChildDown, Event
-from xdpsec.ike.sa import Addr, IkeSA, Services, State
+from xdpsec.ike.sa import Addr, Child, ChildState, IkeSA, Services, State
 from xdpsec.ike.tasks.child_create import ChildCreate
+from xdpsec.ike.tasks.child_rekey import ChildRekey
 from xdpsec.ike.tasks.ike_auth import IkeAuth
 from xdpsec.ike.tasks.ike_init import IkeInit
+from xdpsec.ike.tasks.ike_rekey import IkeRekey
 from xdpsec.ike.tasks.informational import DeleteChild
 from xdpsec.sa import IPAddress
 
 _HALF_OPEN = (State.CREATED, State.CONNECTING)
+HANDSHAKES_KEPT = 1024
+
+Usage = Callable[[int], "tuple[int, int] | None"]
 
 
 class IkeManager:
     def __init__(self, conns: Sequence[IkeConnConfig], *, rng: Callable[[int], bytes] = os.urandom,
-                 spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024):
+                 spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024,
+                 usage: Usage | None = None):
         self.conns = {c.name: c for c in conns}
         self.stats: Counter[str] = Counter()
+        #: Seconds from the first IKE_SA_INIT to IKE_AUTH done, the latest HANDSHAKES_KEPT of them.
+        self.handshakes: deque[float] = deque(maxlen=HANDSHAKES_KEPT)
+        self._orphans: list[tuple[str, Child]] = []
         self._rng = rng
         self._spi_in_use = spi_in_use
         self._max_half_open = max_half_open
@@ -49,7 +64,9 @@ class IkeManager:
         self._services = Services(rng=rng, new_child_spi=self._new_child_spi, emit=self._emit,
                                   send=lambda data, local, remote: self._out.append((data, local, remote)),
                                   count=self._count, reinitiate=self._reinitiate,
-                                  initial_contact=self._initial_contact)
+                                  initial_contact=self._initial_contact, new_ike_spi=self._new_ike_spi,
+                                  adopt=self._adopt, orphan=self._orphan, usage=usage,
+                                  established=self._established)
         self._now = 0.0
         #: Re-raise internal errors instead of counting them: for tests, which must see our bugs.
         self.strict = False
@@ -62,6 +79,22 @@ class IkeManager:
                     and ike.state == State.ESTABLISHED:
                 self._count("initial_contact_replaced")
                 ike.die("replaced: the peer sent INITIAL_CONTACT")
+
+    def _established(self, ike: IkeSA) -> None:
+        self._count("ike_established")
+        self.handshakes.append(max(0.0, ike.now - ike.created))
+
+    def _adopt(self, ike: IkeSA) -> None:
+        self._sas[ike.my_spi] = ike
+
+    def _orphan(self, ike: IkeSA, children: list[Child]) -> None:
+        """Children of an IKE SA that died because a rekey went unanswered: in the data path until their hard
+        lifetime (none configured: down now)."""
+        for child in children:
+            if child.expire_at is None or child.expire_at <= self._now:
+                self._emit(ChildDown(ike.name, child.name, child.out.spi, child.inb.spi))
+            else:
+                self._orphans.append((ike.name, child))
 
     # --- the shell's API ----------------------------------------------------------------------------------
 
@@ -99,8 +132,57 @@ class IkeManager:
         self._now = now
         for ike in [s for s in self._sas.values() if s.name == conn and s.state == State.ESTABLISHED]:
             for c in [c for c in ike.children if c.name == child]:
+                c.state = ChildState.DELETING
                 ike.queue([DeleteChild(ike, initiator=True, in_spi=c.inb.spi, protocol=c.inb.protocol)], now)
         self._sweep()
+
+    def rekey_child(self, conn: str, child: str | None, now: float) -> int:
+        """Rekey the child SAs named `child` of `conn` (all of them if None) now (§2.8); how many were queued."""
+        self._now = now
+        self._conn(conn)
+        queued = 0
+        for ike in [s for s in self._sas.values() if s.name == conn and s.usable]:
+            for c in ike.children:
+                if c.state == ChildState.INSTALLED and (child is None or c.name == child):
+                    ike.queue([ChildRekey(ike, initiator=True, old=c)], now)
+                    queued += 1
+        self._sweep()
+        return queued
+
+    def rekey_ike(self, conn: str, now: float) -> int:
+        """Rekey the IKE SAs of `conn` now (§2.18); how many were queued."""
+        self._now = now
+        self._conn(conn)
+        sas = [s for s in self._sas.values() if s.name == conn and s.usable]
+        for ike in sas:
+            ike.queue([IkeRekey(ike, initiator=True)], now)
+        self._sweep()
+        return len(sas)
+
+    def rekey(self, conn: str, child: str | None, ike: bool, now: float) -> int:
+        """The operator's `rekey` (swanctl --rekey): the IKE SA with `ike`, else one child or all of them."""
+        return self.rekey_ike(conn, now) if ike else self.rekey_child(conn, child, now)
+
+    def reconfigure(self, conns: Sequence[IkeConnConfig], now: float) -> dict[str, list[str]]:
+        """Adopt a new set of connections: removed ones are deleted, changed ones deleted and started again
+        (start_action = start), added ones started; unchanged ones keep their SAs untouched."""
+        self._now = now
+        new = {c.name: c for c in conns}
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        for name in sorted(self.conns.keys() | new.keys()):
+            old_cfg, new_cfg = self.conns.get(name), new.get(name)
+            kind = ("added" if old_cfg is None else "removed" if new_cfg is None
+                    else "unchanged" if old_cfg == new_cfg else "changed")
+            diff[kind].append(name)
+            if kind in ("removed", "changed"):
+                self.terminate(name, now)
+        self.conns = new
+        for name in diff["added"] + diff["changed"]:
+            for c in new[name].children:
+                if c.start_action == StartAction.START:
+                    self.initiate(name, c.name, now)
+        self._sweep()
+        return diff
 
     def receive_datagram(self, data: bytes, local: tuple[IPAddress, int], remote: tuple[IPAddress, int],
                          now: float) -> None:
@@ -131,6 +213,7 @@ class IkeManager:
 
     def get_timer(self) -> float | None:
         timers = [t for t in (ike.get_timer() for ike in self._sas.values()) if t is not None]
+        timers += [child.expire_at for _conn, child in self._orphans]
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -138,6 +221,10 @@ class IkeManager:
         for ike in list(self._sas.values()):
             ike.now = now
             ike.handle_timer(now)
+        for conn, child in [o for o in self._orphans if o[1].expire_at <= now]:
+            self._orphans.remove((conn, child))
+            self._count("orphan_expired")
+            self._emit(ChildDown(conn, child.name, child.out.spi, child.inb.spi))
         self._sweep()
 
     def next_event(self) -> Event | None:
@@ -242,6 +329,7 @@ class IkeManager:
         return found
 
     def _active(self, conn: str) -> IkeSA | None:
-        """An IKE SA of `conn` that can carry more children: established, or ours and still connecting."""
+        """An IKE SA of `conn` that can carry more children: established (not replaced by a rekey), or ours and
+        still connecting."""
         return next((s for s in self._sas.values() if s.name == conn and (
-            s.state == State.ESTABLISHED or (s.initiator and s.state in _HALF_OPEN))), None)
+            s.usable or (s.initiator and s.state in _HALF_OPEN))), None)

@@ -15,6 +15,10 @@ and `build()` the response. Everything here is what the tasks share and must not
 * The state machine, as data (`ACCEPTS`): which requests a responder takes in which state.
 * NAT traversal's address tracking (§2.23): once a NAT is detected, follow the peer's address and port
   from the latest authenticated message.
+* Lifetimes (lifetime.py): each child and the IKE SA itself carry a rekey and an expiry deadline; the timer
+  queues a rekey task (tasks/child_rekey.py, tasks/ike_rekey.py) or a delete when one falls due. A rekey
+  whose request is never answered ends the IKE SA (§2.4) but not its child SAs, which the manager keeps in
+  the data path until their hard lifetime: a peer whose IKE daemon is gone may still carry their traffic.
 
 Nothing here does I/O or reads the clock: the manager passes `now` in and collects datagrams and events.
 """
@@ -33,6 +37,7 @@ from xdpsec.ike.conf import DpdAction, IkeConnConfig, IkeProposal
 from xdpsec.ike.consts import ExchangeType, HeaderFlag
 from xdpsec.ike.events import ChildDown, ChildUp, Event, Failure, IkeDown
 from xdpsec.ike.keys import IkeKeys
+from xdpsec.ike.lifetime import USAGE_INTERVAL, Verdict, deadlines, uniform, usage_verdict
 from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, responder_tasks
 from xdpsec.sa import IPAddress, SAParams, UdpEncap
 
@@ -46,6 +51,10 @@ NAT_KEEPALIVE_INTERVAL = 20.0
 #: A responder's IKE SA that never completes IKE_AUTH is forgotten after this (strongSwan's half_open_timeout).
 HALF_OPEN_TIMEOUT = 30.0
 NATT_PORT = 4500  # RFC 3948 §2.1
+#: An IKE SA replaced by a rekey that the peer (the rekey's initiator) never deletes is forgotten after this.
+REKEYED_GRACE = 60.0
+#: RFC 7296 §2.25: after TEMPORARY_FAILURE or a failed rekey, wait this long before trying again.
+REKEY_RETRY = 10.0
 
 
 class State(enum.Enum):
@@ -77,15 +86,36 @@ class Services:
     count: Callable[[str], None]
     reinitiate: Callable[[str, str | None], None]
     initial_contact: Callable[[IkeSA], None] = lambda ike: None  # the peer said this is its only IKE SA
+    new_ike_spi: Callable[[], int] = lambda: 0
+    adopt: Callable[[IkeSA], None] = lambda ike: None             # a new IKE SA from a rekey: route to it
+    orphan: Callable[[IkeSA, list[Child]], None] = lambda ike, children: None  # keep until their hard lifetime
+    usage: Callable[[int], tuple[int, int] | None] = lambda spi: None          # (bytes, packets) by inbound SPI
+    established: Callable[[IkeSA], None] = lambda ike: None       # IKE_AUTH done (statistics)
 
 
-@dataclass
+class ChildState(enum.Enum):
+    INSTALLED = "installed"  # carrying traffic
+    REKEYING = "rekeying"    # our CREATE_CHILD_SA with REKEY_SA for it is outstanding
+    REKEYED = "rekeyed"      # replaced by a newer pair: its Delete is on the way (ours or the peer's)
+    DELETING = "deleting"    # our Delete for it is queued or outstanding
+
+
+@dataclass(eq=False)
 class Child:
-    """A child SA pair as negotiated; `out`/`inb` are what ChildUp carried."""
+    """A child SA pair as negotiated; `out`/`inb` are what ChildUp carried. Compared by identity: rekey tasks
+    hold on to the pair they replace."""
 
     name: str
     out: SAParams
     inb: SAParams
+    state: ChildState = ChildState.INSTALLED
+    rekey_at: float | None = None
+    expire_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Still ours to rekey or expire (not already replaced or being deleted)."""
+        return self.state in (ChildState.INSTALLED, ChildState.REKEYING)
 
 
 @dataclass
@@ -113,6 +143,13 @@ class Crypto:
     keys: IkeKeys = field(repr=False)
     outbound: IkeCipher = field(repr=False)
     inbound: IkeCipher = field(repr=False)
+
+    @classmethod
+    def create(cls, p: IkeProposal, keys: IkeKeys, initiator: bool) -> Crypto:
+        """SK_ei/SK_ai protect what the SA's original initiator sends (§2.14)."""
+        i_to_r = IkeCipher(p.encr, p.encr_key_bits, p.integ, keys.sk_ei, keys.sk_ai)
+        r_to_i = IkeCipher(p.encr, p.encr_key_bits, p.integ, keys.sk_er, keys.sk_ar)
+        return cls(p, keys, *((i_to_r, r_to_i) if initiator else (r_to_i, i_to_r)))
 
 
 class IkeSA:
@@ -144,6 +181,10 @@ class IkeSA:
         self.peer_certreq = False
         self.children: list[Child] = []
         self.announced = False  # IkeUp was emitted, so IkeDown must follow
+        self.rekey_at: float | None = None
+        self.expire_at: float | None = None
+        self.rekeyed_at: float | None = None  # replaced by a new IKE SA at this time; only its Delete remains
+        self.usage_at: float | None = None    # next comparison of the children's byte/packet counts
         self._next_request_id = 0
         self._next_peer_id = 0
         self._outstanding: _Outstanding | None = None
@@ -167,6 +208,41 @@ class IkeSA:
     @property
     def name(self) -> str:
         return self.conn.name
+
+    @property
+    def rekeyed(self) -> bool:
+        return self.rekeyed_at is not None
+
+    @property
+    def usable(self) -> bool:
+        """Established and not replaced: new exchanges for this connection may run on it."""
+        return self.state == State.ESTABLISHED and not self.rekeyed
+
+    def outstanding_tasks(self) -> list[Task]:
+        return list(self._outstanding.tasks) if self._outstanding is not None else []
+
+    def queued_tasks(self) -> list[Task]:
+        return [t for group in self._queue for t in group]
+
+    def start_lifetime(self, now: float) -> None:
+        """The IKE SA is established (by IKE_AUTH or a rekey): schedule its own rekey and end."""
+        self.rekey_at, self.expire_at = deadlines(self.conn.lifetime, now, self.services.rng)
+        self.usage_at = now + USAGE_INTERVAL if self.services.usage is not None else None
+
+    def add_child(self, child: Child, now: float) -> None:
+        """A new pair: keep it and schedule its rekey and end by its configuration's lifetime."""
+        cfg = self.child_config(child.name)
+        if cfg is not None:
+            child.rekey_at, child.expire_at = deadlines(cfg.lifetime, now, self.services.rng)
+        self.children.append(child)
+
+    def retry_at(self) -> float:
+        """When to try a failed or refused rekey again: REKEY_RETRY, jittered by up to half of it so that two
+        peers refusing each other's rekeys (§2.25.2) do not meet again."""
+        return self.now + REKEY_RETRY * (1 + uniform(self.services.rng) / 2)
+
+    def child_config(self, name: str):
+        return next((c for c in self.conn.children if c.name == name), None)
 
     def reset_message_ids(self) -> None:
         """§2.2: an IKE_SA_INIT retry (INVALID_KE_PAYLOAD, COOKIE) is sent with Message ID zero again."""
@@ -197,12 +273,16 @@ class IkeSA:
         self.local = (self.local[0], NATT_PORT)
         self.remote = (self.remote[0], NATT_PORT)
 
-    def die(self, reason: str) -> None:
-        """Forget the SA: its children go down first, so the data path removes them before the IKE SA."""
+    def die(self, reason: str, *, orphan: bool = False) -> None:
+        """Forget the SA: its children go down first, so the data path removes them before the IKE SA.
+        With `orphan` they are handed to the manager instead, to live until their hard lifetime."""
         if self.state == State.DEAD:
             return
-        for child in self.children:
-            self.services.emit(ChildDown(self.name, child.name, child.out.spi, child.inb.spi))
+        if orphan and self.children:
+            self.services.orphan(self, list(self.children))
+        else:
+            for child in self.children:
+                self.services.emit(ChildDown(self.name, child.name, child.out.spi, child.inb.spi))
         self.children.clear()
         if self.announced:
             self.services.emit(IkeDown(self.name, reason))
@@ -213,9 +293,14 @@ class IkeSA:
     # --- sending ------------------------------------------------------------------------------------------
 
     def _kick(self, now: float) -> None:
-        if self._outstanding is not None or not self._queue or self.state == State.DEAD:
+        if self._outstanding is not None or self.state == State.DEAD:
             return
-        tasks = self._queue.popleft()
+        tasks: list[Task] = []
+        while self._queue and not tasks:
+            # A queued rekey or delete may have been overtaken by the peer's (§2.25): drop it unsent.
+            tasks = [t for t in self._queue.popleft() if not t.obsolete()]
+        if not tasks:
+            return
         exchange = tasks[0].exchange
         payloads: list[wire.Payload] = []
         for task in tasks:
@@ -281,12 +366,11 @@ class IkeSA:
         if not moved:
             return
         self.services.count("peer_moved")
-        for i, child in enumerate(self.children):
+        for child in self.children:
             encap = UdpEncap(local[1], remote[1]) if child.out.encap is not None else None
-            out = replace(child.out, local=local[0], remote=remote[0], encap=encap)
-            inb = replace(child.inb, local=local[0], remote=remote[0], encap=encap)
-            self.children[i] = Child(child.name, out, inb)
-            self.services.emit(ChildUp(self.name, child.name, out, inb))
+            child.out = replace(child.out, local=local[0], remote=remote[0], encap=encap)
+            child.inb = replace(child.inb, local=local[0], remote=remote[0], encap=encap)
+            self.services.emit(ChildUp(self.name, child.name, child.out, child.inb))
 
     def _receive_request(self, msg: wire.Message, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         digest = hashlib.sha256(data).digest()
@@ -312,7 +396,7 @@ class IkeSA:
         self._follow_peer(local, remote)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             self.init_request = data
-        response, fatal = self._respond(responder_tasks(self, msg.exchange), inbound)
+        response, fatal = self._respond(responder_tasks(self, msg.exchange, inbound), inbound)
         if fatal is not None and self.crypto is None:
             # IKE_SA_INIT refused: answer in the clear without a responder SPI (§2.6) and keep no state.
             self.rspi = 0
@@ -384,11 +468,71 @@ class IkeSA:
         return None
 
     def get_timer(self) -> float | None:
-        main = self._main_timer()
-        keepalive = self._keepalive_at()
-        if keepalive is None:
-            return main
-        return keepalive if main is None else min(main, keepalive)
+        timers = [t for t in (self._main_timer(), self._keepalive_at(), self._lifetime_at()) if t is not None]
+        return min(timers, default=None)
+
+    def _lifetime_at(self) -> float | None:
+        """The next rekey, expiry or usage check of this SA or its children."""
+        if self.state != State.ESTABLISHED:
+            return None
+        if self.rekeyed:
+            return self.rekeyed_at + REKEYED_GRACE
+        times = [self.rekey_at, self.expire_at]
+        for c in self.children:
+            if c.alive:
+                times += [c.expire_at, c.rekey_at if c.state == ChildState.INSTALLED else None]
+        if self.children:
+            times.append(self.usage_at)
+        return min((t for t in times if t is not None), default=None)
+
+    def _lifetimes(self, now: float) -> None:
+        """Act on every rekey, expiry and usage limit that has fallen due."""
+        from xdpsec.ike.tasks.child_rekey import ChildRekey
+        from xdpsec.ike.tasks.ike_rekey import IkeRekey
+        from xdpsec.ike.tasks.informational import DeleteChild
+
+        if self.rekeyed:
+            if now >= self.rekeyed_at + REKEYED_GRACE:
+                self.services.count("rekeyed_ike_expired")
+                self.die("rekeyed, never deleted by the peer")
+            return
+        if self.expire_at is not None and now >= self.expire_at:
+            self.services.count("ike_expired")
+            self.delete("IKE SA lifetime expired", now)
+            return
+        if self.usage_at is not None and now >= self.usage_at:
+            self.usage_at = now + USAGE_INTERVAL
+            self._check_usage(now)
+        pending = self.outstanding_tasks() + self.queued_tasks()
+        for c in list(self.children):
+            if c.alive and c.expire_at is not None and now >= c.expire_at:
+                self.services.count("child_expired")
+                c.state = ChildState.DELETING
+                self.queue([DeleteChild(self, initiator=True, in_spi=c.inb.spi, protocol=c.inb.protocol)], now)
+            elif c.state == ChildState.INSTALLED and c.rekey_at is not None and now >= c.rekey_at:
+                # Look again later in case this attempt is dropped unsent (§2.25) or never completes.
+                c.rekey_at = self.retry_at()
+                if not any(isinstance(t, ChildRekey) and t.old is c for t in pending):
+                    self.queue([ChildRekey(self, initiator=True, old=c)], now)
+        if self.rekey_at is not None and now >= self.rekey_at:
+            self.rekey_at = self.retry_at()
+            if not any(isinstance(t, IkeRekey) for t in pending):
+                self.queue([IkeRekey(self, initiator=True)], now)
+
+    def _check_usage(self, now: float) -> None:
+        """Byte and packet limits (and the sequence number space without ESN): due now or never."""
+        for c in self.children:
+            if not c.alive:
+                continue
+            counts = self.services.usage(c.inb.spi)
+            cfg = self.child_config(c.name)
+            if counts is None or cfg is None:
+                continue
+            verdict = usage_verdict(cfg.lifetime, c.inb.transform.esn, *counts)
+            if verdict == Verdict.EXPIRE:
+                c.expire_at = now
+            elif verdict == Verdict.REKEY and c.state == ChildState.INSTALLED:
+                c.rekey_at = now
 
     def _main_timer(self) -> float | None:
         if self.state == State.DEAD:
@@ -398,7 +542,7 @@ class IkeSA:
             return out.sent_at + self.retransmit_delay(out.tries)
         if self.state == State.CONNECTING and not self.initiator:
             return self.created + HALF_OPEN_TIMEOUT
-        if self.state == State.ESTABLISHED and self.conn.dpd_delay > 0:
+        if self.state == State.ESTABLISHED and not self.rekeyed and self.conn.dpd_delay > 0:
             return self.last_heard + self.conn.dpd_delay
         return None
 
@@ -408,6 +552,9 @@ class IkeSA:
             self.services.count("nat_keepalive_sent")
             self.now = now
             self._transmit(NAT_KEEPALIVE, self.local, self.remote)
+        lifetime = self._lifetime_at()
+        if lifetime is not None and now >= lifetime:
+            self._lifetimes(now)
         deadline = self._main_timer()
         if deadline is None or now < deadline:
             return
@@ -418,7 +565,7 @@ class IkeSA:
                 return
             out.tries += 1
             out.sent_at = now
-            self.services.count("retransmitted")
+            self.services.count("retransmit")
             self._transmit(out.data, self.local, self.remote)
         elif self.state == State.CONNECTING:
             self.services.count("half_open_expired")
@@ -431,11 +578,16 @@ class IkeSA:
     def _peer_gone(self, out: _Outstanding) -> None:
         """§2.4: no answer after the whole retransmission schedule: the peer is dead, delete without telling it."""
         tries = self.conn.retransmit_tries
-        self.services.emit(Failure(self.name, f"no response to {out.exchange.name} after {tries} retransmissions"))
+        rekey = any(t.is_rekey for t in out.tasks)
+        what = "rekey " if rekey else ""
+        self.services.emit(Failure(self.name, f"no response to {what}{out.exchange.name} after {tries} retransmissions"))
+        if rekey:
+            self.services.count("rekey_failed")
         restart_action = {c.name for c in self.conn.children if c.dpd_action == DpdAction.RESTART}
         restart = [c.name for c in self.children if c.name in restart_action]
         was_up = self.announced
-        self.die("peer not responding")
+        # An unanswered rekey: the old child SAs keep carrying traffic until their hard lifetime (issue 4).
+        self.die("peer not responding", orphan=rekey)
         if was_up:
             for child in restart:
                 self.services.reinitiate(self.name, child)
@@ -446,7 +598,7 @@ class IkeSA:
         """For `xdpsec sas`: nothing secret."""
         p = self.crypto.proposal if self.crypto else None
         return {
-            "conn": self.name, "state": self.state.value, "initiator": self.initiator,
+            "conn": self.name, "state": self.state.value, "initiator": self.initiator, "rekeyed": self.rekeyed,
             "ispi": f"{self.ispi:016x}", "rspi": f"{self.rspi:016x}",
             "local": f"{self.local[0]}[{self.local[1]}]", "remote": f"{self.remote[0]}[{self.remote[1]}]",
             "nat": {"local": self.nat_local, "remote": self.nat_remote},
@@ -456,5 +608,5 @@ class IkeSA:
             "children": [{"name": c.name, "in_spi": f"{c.inb.spi:08x}", "out_spi": f"{c.out.spi:08x}",
                           "mode": c.inb.mode.value, "local_ts": [str(t) for t in c.inb.local_ts],
                           "remote_ts": [str(t) for t in c.inb.remote_ts],
-                          "encap": c.inb.encap is not None} for c in self.children],
+                          "encap": c.inb.encap is not None, "state": c.state.value} for c in self.children],
         }

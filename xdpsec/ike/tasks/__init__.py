@@ -68,6 +68,8 @@ def payload(ptype: int, body: wire.Body) -> wire.Payload:
 
 class Task:
     exchange: ClassVar[ExchangeType]
+    #: A rekey (of a child or the IKE SA): its failure is counted as `rekey_failed` and spares the old SAs.
+    is_rekey: ClassVar[bool] = False
 
     def __init__(self, ike: IkeSA, *, initiator: bool):
         self.ike = ike
@@ -79,12 +81,21 @@ class Task:
     def process(self, inbound: Inbound) -> Status:
         raise NotImplementedError
 
+    def obsolete(self) -> bool:
+        """Queued but no longer wanted (the SA it acts on is gone or was rekeyed by the peer): not sent."""
+        return False
 
-def responder_tasks(ike: IkeSA, exchange: ExchangeType) -> list[Task]:
-    """The tasks that answer a request of `exchange` (the table strongSwan's task manager keeps in code)."""
+
+def responder_tasks(ike: IkeSA, exchange: ExchangeType, inbound: Inbound) -> list[Task]:
+    """The tasks that answer a request of `exchange` (the table strongSwan's task manager keeps in code).
+    CREATE_CHILD_SA does three jobs (§1.3): an SA payload proposing protocol IKE rekeys the IKE SA (§1.3.2),
+    N(REKEY_SA) rekeys a child (§1.3.3), anything else creates a child (§1.3.1)."""
+    from xdpsec.ike.consts import ProtocolId
     from xdpsec.ike.tasks.child_create import ChildCreate
+    from xdpsec.ike.tasks.child_rekey import ChildRekey
     from xdpsec.ike.tasks.ike_auth import IkeAuth
     from xdpsec.ike.tasks.ike_init import IkeInit
+    from xdpsec.ike.tasks.ike_rekey import IkeRekey
     from xdpsec.ike.tasks.informational import Informational
 
     if exchange == ExchangeType.IKE_SA_INIT:
@@ -92,5 +103,10 @@ def responder_tasks(ike: IkeSA, exchange: ExchangeType) -> list[Task]:
     if exchange == ExchangeType.IKE_AUTH:
         return [IkeAuth(ike, initiator=False), ChildCreate(ike, initiator=False, in_ike_auth=True)]
     if exchange == ExchangeType.CREATE_CHILD_SA:
+        sa = inbound.first(PayloadType.SA)
+        if sa is not None and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
+            return [IkeRekey(ike, initiator=False)]
+        if inbound.notify(NotifyType.REKEY_SA) is not None:
+            return [ChildRekey(ike, initiator=False)]
         return [ChildCreate(ike, initiator=False)]
     return [Informational(ike, initiator=False)]

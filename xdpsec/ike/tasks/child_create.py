@@ -17,7 +17,7 @@ from __future__ import annotations
 from xdpsec.crypto.dh import KeyExchangeError, new_key_exchange
 from xdpsec.ike import ts, wire
 from xdpsec.ike.conf import ChildConfig, ChildProposal
-from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType, ProtocolId
+from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType
 from xdpsec.ike.events import ChildUp, Failure
 from xdpsec.ike.keys import child_keymat
 from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, payload
@@ -31,10 +31,12 @@ _MIN_SPI = 0x100  # RFC 4303 §2.1: 1..255 reserved
 class _Reject(Exception):
     """A child-level refusal: answered with its notify, the IKE SA untouched."""
 
-    def __init__(self, notify_type: int, data: bytes = b""):
+    def __init__(self, notify_type: int, data: bytes = b"", protocol: int = 0, spi: bytes = b""):
         super().__init__(notify_name(notify_type))
         self.notify = notify_type
         self.data = data
+        self.protocol = protocol  # §2.25: CHILD_SA_NOT_FOUND names the SA of the REKEY_SA notify
+        self.spi = spi
 
 
 class ChildCreate(Task):
@@ -54,6 +56,7 @@ class ChildCreate(Task):
         self.mode = Mode.TUNNEL
         self.narrowed: tuple[list[ts.TsRange], list[ts.TsRange]] = ([], [])
         self.skip = False
+        self.peer_nonce = b""  # the other side's nonce of this exchange (rekey collisions compare them, §2.8.1)
 
     def _suite(self, p: ChildProposal):
         return child_suite(p, self.pfs_possible)
@@ -87,7 +90,8 @@ class ChildCreate(Task):
 
     def _build_response(self, out: list[wire.Payload]) -> None:
         if self.error is not None:
-            out.append(notify(self.error.notify, self.error.data))
+            e = self.error
+            out.append(notify(e.notify, e.data, e.protocol, e.spi))
             return
         if self.mode == Mode.TRANSPORT:
             out.append(notify(NotifyType.USE_TRANSPORT_MODE))
@@ -125,8 +129,6 @@ class ChildCreate(Task):
             return
         if offer is None or tsi is None or tsr is None:
             raise _Reject(NotifyType.INVALID_SYNTAX)
-        if any(p.protocol == ProtocolId.IKE for p in offer.proposals):
-            raise _Reject(NotifyType.NO_PROPOSAL_CHOSEN)  # IKE SA rekeying (§1.3.2) is not implemented
         peer_i, peer_r = ts.from_wire(tsi), ts.from_wire(tsr)
         config, narrowed = self._pick_config(peer_i, peer_r)
         if self.in_ike_auth:
@@ -148,12 +150,14 @@ class ChildCreate(Task):
             self.nonce = ike.services.rng(NONCE_LEN)
         self.answer = answer(theirs.num, theirs.protocol, self.spi.to_bytes(4, "big"), self._suite(mine))
         ni, nr = (ike.ni, ike.nr) if self.in_ike_auth else (peer_nonce, self.nonce)
+        self.peer_nonce = peer_nonce
         # our view: TSr is local, TSi remote
         self._install(mine, peer_spi, narrowed[1], narrowed[0], ni, nr, shared)
 
     def _pick_config(self, peer_i, peer_r) -> tuple[ChildConfig, tuple[list, list]]:
-        """§2.9: the first child whose selectors intersect both of the initiator's; TS_UNACCEPTABLE if none."""
-        for c in self.ike.conn.children:
+        """§2.9: the first child whose selectors intersect both of the initiator's; TS_UNACCEPTABLE if none.
+        A rekey keeps the configuration of the child it replaces."""
+        for c in [self.config] if self.config is not None else self.ike.conn.children:
             tsi = ts.narrow(peer_i, ts.ranges(c.remote_ts))
             tsr = ts.narrow(peer_r, ts.ranges(c.local_ts))
             if tsi and tsr:
@@ -208,7 +212,7 @@ class ChildCreate(Task):
             nonce, ke = inbound.first(PayloadType.NONCE), inbound.first(PayloadType.KE)
             if nonce is None or not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
                 return self._fail("response without a valid nonce")
-            peer_nonce = nonce.data
+            peer_nonce = self.peer_nonce = nonce.data
             if mine.ke:
                 if ke is None or self.kex is None or ke.group != self.kex.group:
                     return self._fail("PFS proposal chosen without a matching KE")
@@ -230,7 +234,8 @@ class ChildCreate(Task):
 
     def _install(self, mine: ChildProposal, peer_spi: int, local: list, remote: list, ni: bytes, nr: bytes,
                  shared: bytes | None) -> bool:
-        """Derive KEYMAT (§2.17), build both SAParams and report them. False if the peer's SPI is unusable."""
+        """Derive KEYMAT (§2.17), build both SAParams and hand the pair to `_established`. False if the peer's
+        SPI is unusable."""
         from xdpsec.ike.sa import Child
 
         ike, c, tf = self.ike, self.config, mine.transform
@@ -247,6 +252,10 @@ class ChildCreate(Task):
                       local_ts=ts.selectors(local), remote_ts=ts.selectors(remote), name=f"{ike.name}/{c.name}")
         out = SAParams(spi=peer_spi, direction=Direction.OUT, enc_key=out_e, integ_key=out_a, **common)
         inb = SAParams(spi=self.spi, direction=Direction.IN, enc_key=in_e, integ_key=in_a, **common)
-        ike.children.append(Child(c.name, out, inb))
-        ike.services.emit(ChildUp(ike.name, c.name, out, inb))
+        self._established(Child(c.name, out, inb))
         return True
+
+    def _established(self, child) -> None:
+        """Keep the new pair and report it (a rekey may decide otherwise, see child_rekey.py)."""
+        self.ike.add_child(child, self.ike.now)
+        self.ike.services.emit(ChildUp(self.ike.name, child.name, child.out, child.inb))

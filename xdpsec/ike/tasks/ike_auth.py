@@ -134,6 +134,8 @@ class IkeAuth(Task):
         ike = self.ike
         ike.state = State.ESTABLISHED
         ike.announced = True
+        ike.start_lifetime(ike.now)
+        ike.services.established(ike)
         crypto = ike.crypto
         ike.services.emit(IkeUp(ike.name, ike.ispi, ike.rspi, ike.remote, ike.local,
                                 crypto.proposal if crypto else None, crypto.keys if crypto else None))

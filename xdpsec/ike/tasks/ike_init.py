@@ -18,7 +18,6 @@ import hashlib
 
 from xdpsec.crypto.auth import SUPPORTED_HASHES, TrustStore
 from xdpsec.crypto.dh import KeyExchangeError, new_key_exchange
-from xdpsec.crypto.ikecipher import IkeCipher
 from xdpsec.ike import wire
 from xdpsec.ike.conf import AuthMethod
 from xdpsec.ike.consts import CertEncoding, ExchangeType, NotifyType, PayloadType, ProtocolId
@@ -92,10 +91,7 @@ class IkeInit(Task):
         ike = self.ike
         keys = derive_ike_keys(proposal.prf, proposal.encr, proposal.encr_key_bits, proposal.integ,
                                ike.ni, ike.nr, shared, ike.ispi, ike.rspi)
-        i_to_r = IkeCipher(proposal.encr, proposal.encr_key_bits, proposal.integ, keys.sk_ei, keys.sk_ai)
-        r_to_i = IkeCipher(proposal.encr, proposal.encr_key_bits, proposal.integ, keys.sk_er, keys.sk_ar)
-        out, inb = (i_to_r, r_to_i) if ike.initiator else (r_to_i, i_to_r)
-        ike.crypto = Crypto(proposal, keys, out, inb)
+        ike.crypto = Crypto.create(proposal, keys, ike.initiator)
         ike.state = State.CONNECTING
 
     # --- initiator ------------------------------------------------------------------------------------------

@@ -65,6 +65,13 @@ class Informational(Task):
     def build(self, out: list[wire.Payload]) -> None:
         if self.delete_ike:
             # §1.4.1: the response to the IKE SA's Delete is empty; then the SA and its children are gone.
+            # §2.25.2: a rekey of ours is forgotten, unless we accepted the peer's own rekey meanwhile: that one
+            # was the peer's way forward, and the children move to it (§2.8.2).
+            from xdpsec.ike.tasks.ike_rekey import IkeRekey
+
+            for task in self.ike.outstanding_tasks():
+                if isinstance(task, IkeRekey) and task.collision is not None:
+                    task.concede()
             self.ike.die("deleted by peer")
             return
         for proto, spis in self.deleted.items():

@@ -47,8 +47,9 @@ def child_suite(p: ChildProposal, pfs: bool = True) -> Suite:
     return tuple(t)
 
 
-def ike_offer(proposals: Sequence[IkeProposal]) -> wire.SA:
-    return wire.SA(tuple(wire.Proposal(i + 1, ProtocolId.IKE, b"", ike_suite(p))
+def ike_offer(proposals: Sequence[IkeProposal], spi: bytes = b"") -> wire.SA:
+    """Our IKE proposals; `spi` is empty in IKE_SA_INIT and the new SA's 8-octet SPI in a rekey (§3.3.1)."""
+    return wire.SA(tuple(wire.Proposal(i + 1, ProtocolId.IKE, spi, ike_suite(p))
                          for i, p in enumerate(proposals)))
 
 

@@ -1,0 +1,252 @@
+"""Rekeying child SAs and the IKE SA (RFC 7296 §1.3.2, §1.3.3, §2.8, §2.18) from either side, make-before-break,
+and the collisions of §2.8.1, §2.8.2 and §2.25, in memory with fake time."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tests.exchange.conftest import ESP_GCM, Link, conn_a, conn_b, seeded_rng, up
+from tests.exchange.test_ike_auth import assert_carries, assert_mirror
+from xdpsec.ike import events
+from xdpsec.ike.conf import Lifetime
+from xdpsec.ike.consts import KeId
+from xdpsec.ike.manager import IkeManager
+from xdpsec.ike.tasks.child_rekey import ChildRekey, lowest_nonce_is_ours
+from xdpsec.ike.tasks.ike_rekey import IkeRekey
+
+CONN = {"a": "a-to-b", "b": "b-from-a"}
+NO_LIFETIME = Lifetime()
+
+
+def with_child(conn, **kw):
+    return replace(conn, children=(replace(conn.children[0], **kw),))
+
+
+def link_of(a_conn=None, b_conn=None, *, seeds=(1, 2), **kw) -> Link:
+    a = IkeManager([a_conn or conn_a()], rng=seeded_rng(seeds[0]), **kw)
+    b = IkeManager([b_conn or conn_b()], rng=seeded_rng(seeds[1]), **kw)
+    return Link(a, b)
+
+
+def run(link: Link, seconds: float, step: float = 0.5) -> None:
+    """Let time pass with the network delivering as it goes (Link.advance alone holds datagrams back)."""
+    for _ in range(int(seconds / step)):
+        link.advance(step)
+        link.settle()
+
+
+def ike_sa(link: Link, side: str):
+    sas = [s for s in link.side(side)._sas.values() if s.usable]
+    assert len(sas) == 1, link.side(side).ike_sas()
+    return sas[0]
+
+
+def only_child(link: Link, side: str):
+    children = ike_sa(link, side).children
+    assert len(children) == 1, children
+    return children[0]
+
+
+def assert_pair(link: Link) -> None:
+    """One child each side, the two halves of the same pair, and it carries traffic."""
+    a, b = only_child(link, "a"), only_child(link, "b")
+    assert a.out.spi == b.inb.spi and b.out.spi == a.inb.spi
+    assert_carries(a.out, b.inb, "198.51.100.1", "198.51.100.129")
+    assert_carries(b.out, a.inb, "198.51.100.129", "198.51.100.1")
+
+
+# --- child SA rekey ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pfs", [None, KeId.CURVE25519])
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_child_rekey_make_before_break(rekeyer, pfs):
+    proposals = (replace(ESP_GCM, ke=pfs),)
+    link = link_of(with_child(conn_a(), proposals=proposals), with_child(conn_b(), proposals=proposals))
+    up(link)
+    old = {s: link.of(s, events.ChildUp)[0] for s in "ab"}
+    assert link.side(rekeyer).rekey_child(CONN[rekeyer], "net", link.now) == 1
+    other = "b" if rekeyer == "a" else "a"
+    # CREATE_CHILD_SA  HDR, SK {N(REKEY_SA, old inbound SPI), SA, Ni, [KEi], TSi, TSr}  -->
+    link.deliver(link.flight())
+    # The responder has the new pair installed and still the old one: both inbound SAs work (§2.8).
+    assert [type(e) for e in link.events[other]][-1] is events.ChildUp
+    assert len(ike_sa(link, other).children) == 2
+    #                  <--  HDR, SK {SA, Nr, [KEr], TSi, TSr}
+    link.deliver(link.flight())
+    # The initiator reports the new pair first, then deletes the old one:
+    # INFORMATIONAL    HDR, SK {D(ESP, old inbound SPI)}  -->
+    #                  <--  HDR, SK {D(ESP, the peer's old inbound SPI)}
+    link.settle()
+    for s in "ab":
+        ups, downs = link.of(s, events.ChildUp), link.of(s, events.ChildDown)
+        assert len(ups) == 2 and [type(e) for e in link.events[s]][-2:] == [events.ChildUp, events.ChildDown]
+        assert downs == [events.ChildDown(CONN[s], "net", old[s].out.spi, old[s].inb.spi)]
+        new = ups[1]
+        assert {new.out.spi, new.inb.spi}.isdisjoint({old[s].out.spi, old[s].inb.spi})
+        assert new.out.enc_key != old[s].out.enc_key
+        assert link.side(s).stats["child_rekey"] == 1 and link.side(s).stats["rekey_failed"] == 0
+    assert_mirror(link.of("a", events.ChildUp)[1], link.of("b", events.ChildUp)[1])
+    assert_pair(link)
+
+
+def test_child_rekey_pfs_is_a_fresh_key_exchange():
+    """With a group in the child proposal the request carries KEi (§1.3.3); without, none."""
+    for pfs, with_ke in ((KeId.CURVE25519, True), (None, False)):
+        proposals = (replace(ESP_GCM, ke=pfs),)
+        link = link_of(with_child(conn_a(), proposals=proposals), with_child(conn_b(), proposals=proposals))
+        up(link)
+        link.a.rekey_child("a-to-b", "net", link.now)
+        task = ike_sa(link, "a").outstanding_tasks()[0]
+        assert isinstance(task, ChildRekey) and (task.kex is not None) == with_ke
+        link.settle()
+        assert_pair(link)
+
+
+# --- IKE SA rekey --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_ike_rekey_moves_children_and_deletes_the_old_sa(rekeyer):
+    link = link_of()
+    up(link)
+    old_a, old_b = ike_sa(link, "a"), ike_sa(link, "b")
+    child_a = only_child(link, "a")
+    link.side(rekeyer).rekey_ike(CONN[rekeyer], link.now)
+    # CREATE_CHILD_SA  HDR(old), SK {SA(IKE, new SPIi), Ni, KEi}  -->
+    #                  <--  HDR(old), SK {SA(IKE, new SPIr), Nr, KEr}
+    # INFORMATIONAL    HDR(old), SK {D(IKE)}  -->
+    #                  <--  HDR(old), SK {}
+    link.settle()
+    new_a, new_b = ike_sa(link, "a"), ike_sa(link, "b")
+    assert (new_a.ispi, new_a.rspi) == (new_b.ispi, new_b.rspi)
+    assert {new_a.ispi, new_a.rspi}.isdisjoint({old_a.ispi, old_a.rspi})
+    assert new_a.crypto.keys.sk_d != old_a.crypto.keys.sk_d
+    assert new_a.initiator == (rekeyer == "a")  # §2.18: the rekey's initiator is the new SA's initiator
+    assert only_child(link, "a") is child_a     # the child moved, untouched
+    for s in "ab":
+        assert [type(e) for e in link.events[s]][-1] is events.IkeUp  # no IkeDown, no ChildDown
+        assert not link.of(s, events.ChildDown) and not link.of(s, events.IkeDown)
+        assert len(link.side(s).ike_sas()) == 1 and link.side(s).stats["ike_rekey"] == 1
+    assert old_a.state.value == old_b.state.value == "dead"
+    # The new IKE SA works: a child rekey over it, from the other side.
+    other = "b" if rekeyer == "a" else "a"
+    link.side(other).rekey_child(CONN[other], "net", link.now)
+    link.settle()
+    assert_pair(link)
+    assert link.a.stats["child_rekey"] == link.b.stats["child_rekey"] == 1
+
+
+# --- collisions ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (3, 4), (5, 6), (7, 8)])
+def test_simultaneous_child_rekey_keeps_the_pair_without_the_lowest_nonce(seeds):
+    link = link_of(seeds=seeds)
+    up(link)
+    old = only_child(link, "a")
+    link.a.rekey_child("a-to-b", "net", link.now)
+    link.b.rekey_child("b-from-a", "net", link.now)
+    ta, tb = ike_sa(link, "a").outstanding_tasks()[0], ike_sa(link, "b").outstanding_tasks()[0]
+    # A: CREATE_CHILD_SA {N(REKEY_SA), SA, Ni(A), ...}  -->  <--  B: CREATE_CHILD_SA {N(REKEY_SA), SA, Ni(B), ...}
+    # each answers the other:    {SA, Nr(B), ...}  <--    -->  {SA, Nr(A), ...}
+    # §2.8.1: the exchange holding the lowest of the four nonces made the redundant pair; its initiator deletes
+    # that pair, the other side deletes the old one.
+    link.settle()
+    a_lost = lowest_nonce_is_ours((ta.nonce, ta.peer_nonce), (tb.nonce, tb.peer_nonce))
+    winner, loser = (tb, ta) if a_lost else (ta, tb)
+    assert loser.new not in ike_sa(link, loser.ike is ike_sa(link, "a") and "a" or "b").children
+    assert_pair(link)
+    survivor_side = "b" if a_lost else "a"
+    assert only_child(link, survivor_side) is winner.new
+    for s in "ab":
+        assert old.inb.spi not in {c.inb.spi for c in ike_sa(link, s).children}
+        downs = link.of(s, events.ChildDown)
+        assert old.inb.spi in {d.in_spi for d in downs} or old.out.spi in {d.in_spi for d in downs}
+        assert link.side(s).stats["rekey_failed"] == 0
+    assert link.side("a" if a_lost else "b").stats["rekey_collision_lost"] == 1
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (3, 4), (5, 6), (7, 8)])
+def test_simultaneous_ike_rekey(seeds):
+    link = link_of(seeds=seeds)
+    up(link)
+    child_a = only_child(link, "a")
+    link.a.rekey_ike("a-to-b", link.now)
+    link.b.rekey_ike("b-from-a", link.now)
+    ta, tb = ike_sa(link, "a").outstanding_tasks()[0], ike_sa(link, "b").outstanding_tasks()[0]
+    assert isinstance(ta, IkeRekey) and isinstance(tb, IkeRekey)
+    # Both CREATE_CHILD_SA {SA(IKE), Ni, KEi} cross; both are answered; two new IKE SAs exist for a moment.
+    # §2.8.2: the one made by the exchange with the lowest nonce is deleted by its initiator, the old SA by the
+    # other side; the children end up on the survivor.
+    link.settle()
+    a_lost = lowest_nonce_is_ours((ta.nonce, ta.peer_nonce), (tb.nonce, tb.peer_nonce))
+    survivor = (tb if a_lost else ta).new
+    new_a, new_b = ike_sa(link, "a"), ike_sa(link, "b")
+    assert (new_a.ispi, new_a.rspi) == (new_b.ispi, new_b.rspi) == (survivor.ispi, survivor.rspi)
+    assert only_child(link, "a") is child_a
+    for s in "ab":
+        assert len(link.side(s).ike_sas()) == 1, link.side(s).ike_sas()
+        assert not link.of(s, events.ChildDown) and not link.of(s, events.IkeDown)
+    link.a.rekey_child("a-to-b", "net", link.now)  # the survivor works
+    link.settle()
+    assert_pair(link)
+
+
+def test_rekey_crossing_a_delete_is_not_retried():
+    link = link_of()
+    up(link)
+    link.a.rekey_child("a-to-b", "net", link.now)
+    link.b.terminate_child("b-from-a", "net", link.now)
+    # A: CREATE_CHILD_SA {N(REKEY_SA, spi), ...}  -->  <--  B: INFORMATIONAL {D(ESP, spi')}
+    # B is closing that child: <-- {N(TEMPORARY_FAILURE)}   (§2.25.1)     A answers the Delete: {D(ESP, spi)} -->
+    link.settle()
+    for s in "ab":
+        assert ike_sa(link, s).children == [] and len(link.of(s, events.ChildDown)) == 1
+    assert link.b.stats["child_rekey_rejected_TEMPORARY_FAILURE"] == 1
+    assert link.a.stats["rekey_failed"] == 1
+    assert "rekey failed: TEMPORARY_FAILURE" in link.of("a", events.Failure)[0].reason
+    link.advance(3600)  # nothing comes back to life
+    assert ike_sa(link, "a").children == [] and len(link.of("a", events.ChildUp)) == 1
+
+
+def test_child_sa_not_found_recreates_the_child():
+    link = link_of()
+    up(link)
+    ike_sa(link, "b").children.clear()  # B lost the child (out of sync) without telling A
+    link.a.rekey_child("a-to-b", "net", link.now)
+    # CREATE_CHILD_SA  {N(REKEY_SA, spi), SA, Ni, TSi, TSr}  -->
+    #                  <--  {N(CHILD_SA_NOT_FOUND, spi)}
+    # §2.25: A drops its half silently and creates the child from scratch:
+    # CREATE_CHILD_SA  {SA, Ni, TSi, TSr}  -->  <--  {SA, Nr, TSi, TSr}
+    link.settle()
+    assert link.b.stats["child_rekey_rejected_CHILD_SA_NOT_FOUND"] == 1
+    assert len(link.of("a", events.ChildDown)) == 1 and len(link.of("a", events.ChildUp)) == 2
+    assert_pair(link)
+
+
+def test_temporary_failure_while_the_ike_sa_is_rekeyed_then_both_retry():
+    a_cfg = replace(conn_a(), lifetime=Lifetime(rekey_time=1e6, life_time=2e6))  # lets failures retry
+    link = link_of(a_cfg, with_child(conn_b(), lifetime=Lifetime(rekey_time=1e6, life_time=2e6)))
+    up(link)
+    link.a.rekey_ike("a-to-b", link.now)
+    link.b.rekey_child("b-from-a", "net", link.now)
+    # A: CREATE_CHILD_SA {SA(IKE), Ni, KEi}  -->  <--  B: CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, TSi, TSr}
+    # §2.25.2, both ways:  {N(TEMPORARY_FAILURE)}  <--  -->  {N(TEMPORARY_FAILURE)}
+    link.settle()
+    assert link.a.stats["child_rekey_rejected_TEMPORARY_FAILURE"] == 1
+    assert link.b.stats["error_sent_TEMPORARY_FAILURE"] == 1
+    assert link.a.stats["rekey_failed"] == link.b.stats["rekey_failed"] == 1
+    run(link, 20)  # jittered retries (sa.retry_at) do not meet again
+    assert link.a.stats["ike_rekey"] == link.b.stats["ike_rekey"] == 1
+    assert link.a.stats["child_rekey"] == link.b.stats["child_rekey"] == 1
+    assert_pair(link)
+
+
+def test_lowest_nonce_is_an_octet_comparison():
+    """§2.8.1: octet by octet, and a nonce that is a prefix of another is the lower one."""
+    assert lowest_nonce_is_ours((b"\x01\xff", b"\x09"), (b"\x02", b"\x03"))
+    assert not lowest_nonce_is_ours((b"\x02", b"\x03"), (b"\x01\xff", b"\x09"))
+    assert lowest_nonce_is_ours((b"\x05\x00", b"\x05"), (b"\x05\x00\x00", b"\x06"))

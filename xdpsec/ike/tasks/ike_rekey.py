@@ -1,0 +1,216 @@
+"""Rekeying the IKE SA (RFC 7296 §1.3.2, §2.18): a new IKE SA from a CREATE_CHILD_SA over the old one.
+
+    CREATE_CHILD_SA  HDR(old), SK {SA(IKE, new SPIi), Ni, KEi}  -->
+                                     <--  HDR(old), SK {SA(IKE, new SPIr), Nr, KEr}
+    INFORMATIONAL    HDR(old), SK {D(IKE)}  -->
+                                     <--  HDR(old), SK {}
+
+The new SA's keys: SKEYSEED = prf_old(SK_d old, g^ir new | Ni | Nr), then prf+ with the new SA's PRF over
+Ni | Nr | SPIi | SPIr (§2.18, keys.py). The rekey's initiator is the new SA's original initiator, whoever
+started the old one. Its message IDs start at zero. The child SAs move to the new SA unchanged (their keys do
+not depend on the IKE SA's), the new SA is reported with IkeUp and the rekey's initiator deletes the old one;
+a replaced SA emits no IkeDown, since the connection never went down.
+
+Collisions (§2.8.2, §2.25.2, after strongSwan's ike_rekey.c):
+
+* Both sides rekey at once: both answer, both new SAs come up; the one created by the exchange holding the
+  lowest of the four nonces is redundant and deleted by the side that initiated that exchange; the other side
+  deletes the old SA. Until both exchanges are done the children stay on the old SA. If the old SA is deleted
+  by the peer first (it saw no collision), its rekey survives.
+* The peer rekeys the IKE SA while we create, rekey or delete a child (or after we replaced it):
+  TEMPORARY_FAILURE. The peer deletes the IKE SA we are rekeying: we answer and forget our rekey.
+
+A failed rekey (an error notify or an unusable answer) leaves the old SA as it is: counted as `rekey_failed`,
+reported as a Failure, and tried again after REKEY_RETRY until the SA's hard lifetime.
+"""
+
+from __future__ import annotations
+
+from xdpsec.crypto.dh import KeyExchangeError, new_key_exchange
+from xdpsec.crypto.prf import Prf
+from xdpsec.ike import wire
+from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType, ProtocolId
+from xdpsec.ike.events import Failure, IkeUp
+from xdpsec.ike.keys import SPI_LEN, rekey_skeyseed, split_ike_keys
+from xdpsec.ike.tasks import Inbound, Status, Task, notify_name, payload
+from xdpsec.ike.tasks.child_rekey import lowest_nonce_is_ours
+from xdpsec.ike.tasks.ike_init import NONCE_LEN, NONCE_MAX, NONCE_MIN
+from xdpsec.ike.tasks.proposal import accept, answer, ike_offer, ike_suite, select
+
+
+class IkeRekey(Task):
+    exchange = ExchangeType.CREATE_CHILD_SA
+    is_rekey = True
+
+    def __init__(self, ike, *, initiator: bool):
+        super().__init__(ike, initiator=initiator)
+        self.spi = 0            # our SPI of the new IKE SA
+        self.nonce = b""
+        self.peer_nonce = b""
+        self.kex = None
+        self.group = ike.crypto.proposal.ke if ike.crypto is not None else 0
+        self.chosen = None      # responder: (our IkeProposal, the peer's wire.Proposal)
+        self.new = None         # the new IkeSA
+        self.collision: IkeRekey | None = None  # the peer's rekey, answered while ours was outstanding
+
+    def obsolete(self) -> bool:
+        return not self.ike.usable
+
+    # --- both roles -----------------------------------------------------------------------------------------
+
+    def _new_sa(self, proposal, ispi: int, rspi: int, ni: bytes, nr: bytes, shared: bytes):
+        """The new IKE SA (§2.18), established and routed to, not yet carrying the children."""
+        from xdpsec.ike.sa import Crypto, IkeSA, State
+
+        old = self.ike
+        seed = rekey_skeyseed(Prf(old.crypto.proposal.prf), old.crypto.keys.sk_d, shared, ni, nr)
+        keys = split_ike_keys(proposal.prf, proposal.encr, proposal.encr_key_bits, proposal.integ, seed,
+                              ni, nr, ispi, rspi)
+        new = IkeSA(old.conn, initiator=self.initiator, ispi=ispi, local=old.local, remote=old.remote,
+                    services=old.services, now=old.now)
+        new.rspi = rspi
+        new.crypto = Crypto.create(proposal, keys, self.initiator)
+        new.state = State.ESTABLISHED
+        new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
+        new.peer_hash_algorithms, new.peer_id = old.peer_hash_algorithms, old.peer_id
+        old.services.adopt(new)
+        self.new = new
+        return new
+
+    def _take_over(self, new) -> None:
+        """`new` survives: the children move to it, it is announced, the old SA only awaits its Delete."""
+        old, now = self.ike, self.ike.now
+        new.children, old.children = old.children, []
+        new.announced, old.announced = True, False
+        new.start_lifetime(now)
+        old.rekeyed_at = now
+        old.services.count("ike_rekey")
+        c = new.crypto
+        old.services.emit(IkeUp(new.name, new.ispi, new.rspi, new.remote, new.local, c.proposal, c.keys))
+
+    def concede(self) -> None:
+        """Our rekey will not complete (the peer deleted the old SA, or refused ours) but we accepted the peer's:
+        that one survives."""
+        self.ike.services.count("rekey_collision_lost")
+        self._take_over(self.collision.new)
+
+    # --- initiator ------------------------------------------------------------------------------------------
+
+    def build(self, out: list[wire.Payload]) -> None:
+        if not self.initiator:
+            self._build_response(out)
+            return
+        ike = self.ike
+        self.spi = self.spi or ike.services.new_ike_spi()
+        if self.kex is None or self.kex.group != self.group:
+            self.kex = new_key_exchange(self.group)
+        self.nonce = ike.services.rng(NONCE_LEN)
+        out += [payload(PayloadType.SA, ike_offer(ike.conn.proposals, self.spi.to_bytes(SPI_LEN, "big"))),
+                payload(PayloadType.NONCE, wire.Nonce(self.nonce)),
+                payload(PayloadType.KE, wire.KE(self.group, self.kex.public()))]
+
+    def process(self, inbound: Inbound) -> Status:
+        if not self.initiator:
+            self._process_request(inbound)
+            return Status.DONE
+        ike = self.ike
+        error = inbound.error()
+        if error == NotifyType.INVALID_KE_PAYLOAD:
+            data = inbound.notify(error).data
+            group = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+            if group != self.group and group in {p.ke for p in ike.conn.proposals}:
+                self.group = group  # §1.3.2 / §2.7: again with the group the responder wants
+                return Status.RETRY
+        if error is not None:
+            return self._fail(notify_name(error))
+        sa, nonce, ke = (inbound.first(t) for t in (PayloadType.SA, PayloadType.NONCE, PayloadType.KE))
+        if sa is None or nonce is None or ke is None:
+            return self._fail("response without SA, Nonce or KE")
+        chosen = accept(sa, ike.conn.proposals, ike_suite, ProtocolId.IKE)
+        if chosen is None:
+            return self._fail("responder chose a proposal we did not offer")
+        mine, theirs = chosen
+        if len(theirs.spi) != SPI_LEN or not int.from_bytes(theirs.spi, "big"):
+            return self._fail("responder's new IKE SPI is not 8 non-zero octets")
+        if ke.group != self.group or mine.ke != self.group:
+            return self._fail(f"responder answered with group {ke.group}, we sent {self.group}")
+        if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
+            return self._fail("responder nonce of bad length")
+        try:
+            shared = self.kex.shared(ke.data)
+        except KeyExchangeError as e:
+            return self._fail(f"responder key exchange: {e}")
+        self.peer_nonce = nonce.data
+        new = self._new_sa(mine, self.spi, int.from_bytes(theirs.spi, "big"), self.nonce, nonce.data, shared)
+        self._resolve(new)
+        return Status.DONE
+
+    def _resolve(self, new) -> None:
+        ike, other = self.ike, self.collision
+        if other is not None and lowest_nonce_is_ours((self.nonce, self.peer_nonce), (other.peer_nonce, other.nonce)):
+            # §2.8.2: ours is redundant; we close it, the peer deletes the old SA.
+            self.concede()
+            new.rekeyed_at = ike.now
+            new.delete("redundant IKE SA after a rekey collision", ike.now)
+            return
+        if other is not None:
+            other.new.rekeyed_at = ike.now  # the peer's redundant SA: the peer deletes it
+        self._take_over(new)
+        ike.delete("rekeyed", ike.now)
+
+    def _fail(self, reason: str) -> Status:
+        ike = self.ike
+        if self.collision is not None:
+            self.concede()
+            return Status.FAILED
+        ike.services.count("rekey_failed")
+        ike.services.emit(Failure(ike.name, f"IKE SA rekey failed: {reason}"))
+        ike.rekey_at = ike.retry_at()
+        return Status.FAILED
+
+    # --- responder ------------------------------------------------------------------------------------------
+
+    def _process_request(self, inbound: Inbound) -> None:
+        from xdpsec.ike.tasks.child_create import ChildCreate
+        from xdpsec.ike.tasks.informational import DeleteChild
+
+        ike = self.ike
+        outstanding = ike.outstanding_tasks()
+        if ike.rekeyed or any(isinstance(t, ChildCreate | DeleteChild) for t in outstanding):
+            # §2.25.2: we are creating, rekeying or closing a child, or this SA was replaced already.
+            raise wire.IkeError(NotifyType.TEMPORARY_FAILURE, "busy with another exchange")
+        sa, nonce, ke = (inbound.first(t) for t in (PayloadType.SA, PayloadType.NONCE, PayloadType.KE))
+        if sa is None or nonce is None or ke is None:
+            raise wire.IkeError(NotifyType.INVALID_SYNTAX, "IKE rekey without SA, Nonce or KE")
+        if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
+            raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"nonce of {len(nonce.data)} octets")
+        chosen = select(sa, ike.conn.proposals, ike_suite, ProtocolId.IKE)
+        if chosen is None:
+            raise wire.IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no IKE proposal in common")
+        mine, theirs = chosen
+        if len(theirs.spi) != SPI_LEN or not int.from_bytes(theirs.spi, "big"):
+            raise wire.IkeError(NotifyType.INVALID_SYNTAX, "new IKE SPI is not 8 non-zero octets")
+        if ke.group != mine.ke:
+            raise wire.IkeError(NotifyType.INVALID_KE_PAYLOAD, f"KE of group {ke.group}, we want {mine.ke}",
+                                mine.ke.to_bytes(2, "big"))
+        self.kex = new_key_exchange(mine.ke)
+        try:
+            shared = self.kex.shared(ke.data)
+        except KeyExchangeError as e:
+            raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"key exchange: {e}") from None
+        self.chosen = chosen
+        self.spi = ike.services.new_ike_spi()
+        self.nonce, self.peer_nonce = ike.services.rng(NONCE_LEN), nonce.data
+        new = self._new_sa(mine, int.from_bytes(theirs.spi, "big"), self.spi, nonce.data, self.nonce, shared)
+        ours = next((t for t in outstanding if isinstance(t, IkeRekey)), None)
+        if ours is not None:
+            ours.collision = self  # decided when our own rekey's response arrives (§2.8.2)
+        else:
+            self._take_over(new)   # the peer deletes the old SA
+
+    def _build_response(self, out: list[wire.Payload]) -> None:
+        mine, theirs = self.chosen
+        out += [payload(PayloadType.SA, answer(theirs.num, ProtocolId.IKE, self.spi.to_bytes(SPI_LEN, "big"),
+                                               ike_suite(mine))),
+                payload(PayloadType.NONCE, wire.Nonce(self.nonce)),
+                payload(PayloadType.KE, wire.KE(mine.ke, self.kex.public()))]
