@@ -13,10 +13,20 @@ While running, a pump thread serves the workers (next-hop requests, replies, dea
 replaced with fresh sockets and given its SAs again, its outbound sequence numbers resuming after the last
 reserved block (xdpsec/io/seqstore.py) so no number is ever used twice. SIGTERM/SIGINT detach XDP first (no
 frame is steered to a socket that is going away), then stop the workers and remove pins and the socket.
+
+Reload (`xdpsec reload`, or SIGHUP, whose handler only queues it for the main thread) re-reads the file the
+gateway was started with. A file with errors changes nothing; otherwise xdpsec/reload.py says what differs
+and only that is touched: new SAs are installed before the SPD that uses them flips, removed ones are torn
+down after it, unchanged ones keep their SA index and sequence numbers, so their traffic never notices.
+
+Also wired in here: logging per subsystem (xdpsec.logs), the Prometheus endpoint (xdpsec.metrics, when
+[metrics] listen is set), Wireshark key export (xdpsec.keyexport, when [debug] key_export is set), and the
+clean-up after a SIGKILLed predecessor of the same instance (xdpsec.io.adopt), first thing at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -34,21 +44,26 @@ from pathlib import Path
 import multiprocess
 
 from xdpsec import config as configmod
+from xdpsec import logs, metrics
+from xdpsec import reload as reloadmod
 from xdpsec.abi import Action, PolicyDir
 from xdpsec.control import ControlError, ControlServer, socket_path
 from xdpsec.dataplane.core import Port, Route
 from xdpsec.ike.conf import StartAction
+from xdpsec.io import adopt
 from xdpsec.io.bpf import Classifier
 from xdpsec.io.localpath import BYPASS_MARK, DATAPATH_END, KERNEL_END, LocalPath, local_routes
 from xdpsec.io.netlink import Netlink
 from xdpsec.io.ring import HandoffRing
 from xdpsec.io.seqstore import SeqStore
 from xdpsec.io.xsk import Umem, XskSocket
+from xdpsec.keyexport import KeyExport
 from xdpsec.proposals import format_transform
 from xdpsec.sa import Direction, SAParams
 from xdpsec.worker import WorkerSpec, worker_main
 
-log = logging.getLogger("xdpsec")
+log = logging.getLogger("xdpsec.dataplane")
+config_log = logging.getLogger("xdpsec.config")
 
 PIN_ROOT = Path("/sys/fs/bpf/xdpsec")
 UMEM_FRAMES = 8192
@@ -60,6 +75,8 @@ RESOLVE_QUEUE = 1024
 QUERY_TIMEOUT = 2.0
 TRAP_RETRY = 10.0  # seconds before an acquire may start another negotiation of the same child
 RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after starting is restarted this much later
+USAGE_MAX_AGE = 1.0  # seconds: IKE's byte/packet lifetimes read counters at most this old (refreshed in the background)
+TOP_DROPS = 5  # drop reasons `xdpsec status` shows
 
 
 @dataclass
@@ -118,12 +135,21 @@ class Gateway:
         self.ike = None
         self._traps: dict[str, tuple[str, str]] = {}
         self._trapped: dict[str, float] = {}
+        self._acquiring = False
         self.local_slot: int | None = None
         self.local_kernel_mac = b""
+        self.metrics = None  # xdpsec.metrics handle while the Prometheus endpoint runs
+        self.keyexport = None  # xdpsec.keyexport.KeyExport when [debug] key_export is set
+        self._snaps: dict[int, dict] = {}  # the workers' latest snapshots, for IKE's byte/packet lifetimes
+        self._snaps_at = -USAGE_MAX_AGE
+        self._reload_lock = threading.Lock()  # a SIGHUP and a `xdpsec reload` arriving together run one by one
+        self.reloads = 0
 
     # --- start-up --------------------------------------------------------------------------------------------
     def start(self) -> None:
         gw = self.cfg.gateway
+        self._clean_stale()
+        self._open_keyexport(self.cfg.key_export)
         self.netlink = Netlink()
         for slot, name in enumerate(gw.interfaces):
             iface = self.netlink.iface(name)
@@ -177,19 +203,51 @@ class Gateway:
             log.warning("not pinning maps under %s: %s", pins, exc)
         ike_conns = self.cfg.ike_connections()
         if ike_conns:  # after XDP is attached: negotiated SAs go into a running data path
-            from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
-            self.ike = IkeService(ike_conns, install=self.install_child, remove=self.remove_child,
-                                  spi_in_use=self.spi_in_use)
-            self.ike.start()
-            self._traps = {f"{conn.name}/{child.name}": (conn.name, child.name) for conn in ike_conns
-                           for child in conn.children if child.start_action == StartAction.TRAP}
-            if self._traps:
-                cl.on_acquire(self._acquire)
-                threading.Thread(target=self._acquires, name="acquire", daemon=True).start()
-        self.control = ControlServer(socket_path(self.instance), self._handlers())
+            self._start_ike(ike_conns)
+        self.control = ControlServer(socket_path(self.instance), self._handlers(),
+                                     max_clients=self.cfg.limits.control_clients)
         self.control.start()
+        self._start_metrics(self.cfg.metrics_listen)
         log.info("gateway %s up: %d interface(s), %d worker(s), %d SA(s), %d policies", self.instance,
                  len(self.ports), self.nworkers, len(self.sas), len(self.policies))
+
+    def _clean_stale(self) -> None:
+        """Undo what a SIGKILLed predecessor of this instance left: XDP programs, pins, workers (xdpsec.io.adopt)."""
+        gw = self.cfg.gateway
+        for what in adopt.clean_stale(self.instance, Path(gw.state_dir), interfaces=gw.interfaces):
+            log.warning("cleaned up after an earlier run of %s: %s", self.instance, what)
+
+    def _open_keyexport(self, directory: Path | None) -> None:
+        self.keyexport = None
+        if directory is None:
+            return
+        self.keyexport = KeyExport(Path(directory))
+        log.warning("exporting ESP and IKE keys to %s (debugging only: anyone who reads it can decrypt)", directory)
+
+    def _start_metrics(self, listen: tuple[str, int] | None) -> None:
+        if listen is not None:
+            self.metrics = metrics.start(listen, metrics.GatewaySource(self))
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+
+    def _start_ike(self, conns: list) -> None:
+        from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
+        self.ike = IkeService(conns, install=self.install_child, remove=self.remove_child,
+                              spi_in_use=self.spi_in_use, usage=self.usage,
+                              on_ike_up=self.keyexport.ike if self.keyexport is not None else None)
+        self.ike.start()
+        self._set_traps(conns)
+
+    def _set_traps(self, conns: list) -> None:
+        self._traps = {f"{conn.name}/{child.name}": (conn.name, child.name) for conn in conns
+                       for child in conn.children if child.start_action == StartAction.TRAP}
+        if self._traps and not self._acquiring:
+            self._acquiring = True
+            self.classifier.on_acquire(self._acquire)
+            threading.Thread(target=self._acquires, name="acquire", daemon=True).start()
 
     def _setup_local_path(self) -> None:
         """Create the veth pair that carries this host's own protected traffic, if any child needs it."""
@@ -232,7 +290,8 @@ class Gateway:
             seqstore=self.seqstore, wake_fd=self.wake_fds[wid],
             wake_out={b: self.wake_fds[b] for b in range(n) if b != wid}, fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, args=(spec, child, log.getEffectiveLevel()),
+        level = logging.getLogger("xdpsec.worker").getEffectiveLevel()
+        proc = self.ctx.Process(target=worker_main, args=(spec, child, level),
                                 name=f"xdpsec-worker{wid}", daemon=True)
         proc.start()
         child.close()
@@ -277,6 +336,18 @@ class Gateway:
         for index in old:
             self._delete_sa(index, clear_child=False)
         self._want_route(out_p.remote.packed)
+        log.info("%s: SAs installed: out 0x%08x (#%d, worker %d), in 0x%08x (#%d, worker %d)", child, out_p.spi,
+                 out_sa.index, out_sa.owner, in_p.spi, in_sa.index, in_sa.owner)
+        self._export_keys("child", out_p, in_p)
+
+    def _export_keys(self, what: str, *args) -> None:
+        """Hand keys to the Wireshark key export, if on. A debugging aid must never break the data path."""
+        if self.keyexport is None:
+            return
+        try:
+            getattr(self.keyexport, what)(*args)
+        except Exception as exc:
+            log.warning("key export (%s) failed: %s", what, exc)
 
     def _update_child(self, child: str, out_p: SAParams, in_p: SAParams) -> bool:
         """The same SAs (SPIs and keys) with new outer addresses or ports: the peer moved behind a NAT (RFC 7296
@@ -291,8 +362,12 @@ class Gateway:
                        for sa, p in zip(installed, (out_p, in_p), strict=True))
             if not same:
                 return False
+            old_encap = installed[1].params.encap
             for sa, p in zip(installed, (out_p, in_p), strict=True):
                 sa.params = p
+        if (old_encap is None) != (in_p.encap is None):  # XDP must know whether it arrives in UDP or bare
+            self.classifier.set_sa_in(in_p.spi, int(in_p.protocol), installed[1].index, installed[1].owner,
+                                      in_p.encap is not None)
         for sa in installed:
             req, fut = self._future()
             self._send(sa.owner, ("update", sa.index, sa.params, req))
@@ -319,8 +394,12 @@ class Gateway:
             self.child_out.pop(child, None)
         if child in self.child_ids:
             self.classifier.clear_child_sa(self.child_ids[child])
+        spis = [self.sas[i].params.spi for i in indices if i in self.sas]
         for index in indices:
             self._delete_sa(index, clear_child=False)
+        if len(spis) == 2:
+            log.info("%s: SAs removed: out 0x%08x, in 0x%08x", child, *spis)
+            self._export_keys("child_removed", *spis)
 
     def _new_sa(self, child: str, params: SAParams, owner: int) -> InstalledSA:
         sa = InstalledSA(next(self._sa_index), child, params, owner, self.seqstore.slot_for(params))
@@ -332,11 +411,18 @@ class Gateway:
             sa = self.sas.pop(index, None)
         if sa is None:
             return
-        if sa.params.direction == Direction.IN:
+        if sa.params.direction == Direction.IN and not self._in_spi_taken(sa.params):
             self.classifier.del_sa_in(sa.params.spi, int(sa.params.protocol))
         self._send(sa.owner, ("del", index, 0))
         if not self.cfg_is_manual(sa.child):
             self.seqstore.release(sa.seq_slot)  # negotiated keys are never used again
+
+    def _in_spi_taken(self, params: SAParams) -> bool:
+        """Whether another installed inbound SA has this SPI: a manual child re-keyed on reload under the same
+        SPI. Its classifier entry already points at the successor and must stay."""
+        with self._sa_lock:
+            return any(sa.params.direction == Direction.IN and sa.params.spi == params.spi
+                       and sa.params.protocol == params.protocol for sa in self.sas.values())
 
     def cfg_is_manual(self, child: str) -> bool:
         return child in self._manual_children
@@ -492,7 +578,20 @@ class Gateway:
     def _handlers(self) -> dict:
         return {"sas": self._cmd_sas, "policies": self._cmd_policies, "stats": self._cmd_stats,
                 "status": self._cmd_status, "ike-sas": self._cmd_ike_sas, "initiate": self._cmd_initiate,
-                "terminate": self._cmd_terminate}
+                "terminate": self._cmd_terminate, "rekey": self._cmd_rekey, "reload": self._cmd_reload}
+
+    def _cmd_reload(self, _args: dict) -> dict:
+        return self.reload()
+
+    def _cmd_rekey(self, args: dict) -> dict:
+        conn = self._need_ike(args)
+        child, ike = args.get("child"), bool(args.get("ike"))
+        if child is not None and ike:
+            raise ControlError("rekey either one child (--child NAME) or the IKE SA (--ike), not both")
+        if child is not None and child not in {c.name for c in self.ike.conns[conn].children}:
+            raise ControlError(f"connection {conn!r} has no child {child!r}")
+        self.ike.command("rekey", conn, child, ike)
+        return {"rekeying": conn, "child": child, "ike": ike}
 
     def _need_ike(self, args: dict) -> str:
         if self.ike is None:
@@ -522,16 +621,43 @@ class Gateway:
     def _query_workers(self) -> dict[int, dict]:
         futs = {}
         for h in self.workers:
-            req, futs[h.wid] = self._future()
+            futs[h.wid] = req, _fut = self._future()
             self._send(h.wid, ("query", req))
         out = {}
         deadline = time.monotonic() + QUERY_TIMEOUT
-        for wid, fut in futs.items():
+        for wid, (req, fut) in futs.items():
             try:
                 out[wid] = fut.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
+                self.futures.pop(req, None)  # a dead or stuck worker: nobody will answer this one
                 out[wid] = None
+        for wid, snap in out.items():
+            if snap is not None:
+                self._snaps[wid] = snap
+        self._snaps_at = time.monotonic()
         return out
+
+    # --- counters for IKE's byte and packet lifetimes (RFC 7296 §2.8) -------------------------------------------
+    def usage(self, in_spi: int) -> tuple[int, int]:
+        """(bytes, packets) carried so far by the SA whose inbound SPI is `in_spi`, from counters at most about
+        USAGE_MAX_AGE old. Called on the IKE thread, which must not wait for workers: an old snapshot is
+        answered now and a fresh one asked for in the background."""
+        if time.monotonic() - self._snaps_at > USAGE_MAX_AGE:
+            self._refresh_snapshots()
+        with self._sa_lock:
+            sa = next((sa for sa in self.sas.values()
+                       if sa.params.direction == Direction.IN and sa.params.spi == in_spi), None)
+        if sa is None:
+            return 0, 0
+        entry = ((self._snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
+        return entry.get("bytes", 0), entry.get("packets", 0)
+
+    def _refresh_snapshots(self) -> None:
+        self._snaps_at = time.monotonic()  # asked: not again until USAGE_MAX_AGE has passed
+        for h in self.workers:
+            req, fut = self._future()
+            fut.add_done_callback(lambda f, wid=h.wid: self._snaps.__setitem__(wid, f.result()))
+            self._send(h.wid, ("query", req))
 
     def _cmd_sas(self, _args: dict) -> list[dict]:
         snaps = self._query_workers()
@@ -581,14 +707,147 @@ class Gateway:
         return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()}}
 
     def _cmd_status(self, _args: dict) -> dict:
-        return {"instance": self.instance, "uptime": round(time.time() - self.started, 1),
+        """One screen: what runs, whether the tunnels are up, and what is being dropped."""
+        snaps = self._query_workers()
+        drops: dict[str, int] = dict(self.classifier.drops())
+        for snap in snaps.values():
+            for reason, n in ((snap or {}).get("drops") or {}).items():
+                drops[reason] = drops.get(reason, 0) + n
+        top = sorted(((n, r) for r, n in drops.items() if n), key=lambda t: (-t[0], t[1]))[:TOP_DROPS]
+        return {"instance": self.instance, "config": str(self.cfg.path),
+                "uptime": round(time.time() - self.started, 1), "reloads": self.reloads,
                 "interfaces": [{"name": p.name, "xdp_mode": self.cfg.gateway.xdp_mode.value,
                                 "queues": self.ifaces[s].rx_queues} for s, p in self.ports.items()],
-                "workers": self.nworkers, "sas": len(self.sas), "policies": len(self.policies)}
+                "workers": [{"id": h.wid, "pid": h.proc.pid, "alive": h.proc.is_alive(), "restarts": h.restarts}
+                            for h in self.workers],
+                "connections": self._connections_status(), "sas": len(self.sas), "policies": len(self.policies),
+                "top_drops": [{"reason": r, "count": n} for n, r in top]}
+
+    def _connections_status(self) -> list[dict]:
+        """Each configured connection: keying, peer, up or down, and each child with its installed SPIs."""
+        ike_sas: dict[str, list[dict]] = {}
+        for info in self.ike.ike_sas() if self.ike is not None else []:
+            ike_sas.setdefault(info["conn"], []).append(info)
+        rows = []
+        for conn in self.cfg.connections:
+            children = [self._child_status(conn.name, child) for child in conn.children]
+            keyed = [c for c in children if c["state"] in ("installed", "down")]
+            if conn.ike is not None:
+                states = {info["state"] for info in ike_sas.get(conn.name, ())}
+                state = ("up" if "established" in states else "connecting" if states - {"deleting"}
+                         else "down")
+            else:
+                state = "up" if keyed and all(c["state"] == "installed" for c in keyed) else (
+                    "down" if keyed else "shunt")
+            rows.append({"name": conn.name, "keying": "ike" if conn.ike is not None else "manual",
+                         "local": [str(a) for a in conn.local_addrs], "remote": [str(a) for a in conn.remote_addrs],
+                         "state": state, "children": children})
+        return rows
+
+    def _child_status(self, conn: str, child) -> dict:
+        if child.mode in (configmod.ChildMode.PASS, configmod.ChildMode.DROP):
+            return {"name": child.name, "state": child.mode.value}
+        with self._sa_lock:
+            indices = self.child_sas.get(f"{conn}/{child.name}")
+            pair = [self.sas[i].params for i in indices] if indices else None
+        if pair is None:
+            return {"name": child.name, "state": "down"}
+        out_p, in_p = pair
+        return {"name": child.name, "state": "installed", "mode": out_p.mode.value,
+                "out_spi": f"0x{out_p.spi:08x}", "in_spi": f"0x{in_p.spi:08x}"}
+
+    # --- reload ----------------------------------------------------------------------------------------------
+    def reload(self) -> dict:
+        """Re-read the configuration file and apply what changed (see the module docstring and xdpsec/reload.py).
+
+        Returns what was done; a file with errors changes nothing and is answered with {"applied": False,
+        "errors": [...]} (the CLI exits 2)."""
+        with self._reload_lock:
+            path = self.cfg.path
+            try:
+                new = configmod.load(path)
+            except configmod.ConfigError as exc:
+                config_log.error("reload of %s refused, still running the previous configuration: %s", path,
+                                 "; ".join(map(str, exc.problems)))
+                return {"applied": False, "file": str(path), "errors": [str(p) for p in exc.problems],
+                        "warnings": [str(w) for w in exc.warnings]}
+            plan = reloadmod.plan(self.cfg, new)
+            restart = [*plan.restart, *self._local_path_change(plan.effective)]
+            for message in restart:
+                config_log.warning("reload: %s", message)
+            ike = self._apply(plan)
+            self.reloads += 1
+            result = {"applied": True, "file": str(path), **plan.as_dict(), "ike": ike, "restart_needed": restart,
+                      "warnings": [str(w) for w in new.warnings]}
+            config_log.info("reloaded %s: manual children %s; IKE connections %s; policies %s", path,
+                            _summary(plan.manual.as_dict()), _summary(ike),
+                            "replaced" if plan.policies_changed else "unchanged")
+            return result
+
+    def _apply(self, plan: reloadmod.Plan) -> dict:
+        """Carry a reload plan out, in the order that keeps every packet protected or deliberately handled."""
+        new = plan.effective
+        self._apply_live(plan.live, new)
+        manual = {name: (out_p, in_p) for name, out_p, in_p in new.manual_sas()}
+        self._manual_children |= set(manual)  # never release a manual key's sequence numbers (nonce reuse)
+        for name in plan.manual.added + plan.manual.changed:  # make: the SAs exist before a policy points at them
+            self.install_child(name, *manual[name])
+        policies = new.policies()
+        for pol in policies:
+            if pol.child and pol.child not in self.child_ids:
+                self.child_ids[pol.child] = len(self.child_ids) + 1
+        if plan.policies_changed:
+            self.classifier.set_policies(policies, self.child_ids)  # one atomic bank flip
+        self.policies = policies
+        self.cfg = new
+        for name in plan.manual.removed:  # break: no policy steers traffic to them any more
+            self.remove_child(name)
+        return self._reconfigure_ike(new.ike_connections(), plan.ike)
+
+    def _apply_live(self, live: tuple[str, ...], new: configmod.Config) -> None:
+        gw = new.gateway
+        if {"default_action", "encap_port"} & set(live):
+            self.classifier.set_config(default_action=Action(gw.default_action), encap_port=gw.encap_port)
+        if "local_addrs" in live:
+            self.classifier.set_local_addrs(new.local_addresses())
+        if "log" in live:
+            logs.setup(new.log)
+        try:  # a port in use or a directory we cannot write: the rest of the reload still applies
+            if "metrics_listen" in live:
+                self._stop_metrics()
+                self._start_metrics(new.metrics_listen)
+            if "key_export" in live:
+                self._open_keyexport(new.key_export)
+        except Exception as exc:
+            config_log.error("reload: %s", exc)
+        if self.ike is not None:
+            self.ike.on_ike_up = self.keyexport.ike if self.keyexport is not None else None
+
+    def _local_path_change(self, new: configmod.Config) -> list[str]:
+        """The local path's routes are set up at start; a reload that would need others says so."""
+        def routes(cfg: configmod.Config) -> list:
+            host = {a for iface in self.ifaces.values() for a in iface.addrs}
+            children = [(o.local_ts, o.remote_ts) for _c, o, _i in cfg.manual_sas()]
+            children += [(ch.local_ts, ch.remote_ts) for conn in cfg.ike_connections() for ch in conn.children]
+            return local_routes(children, host)
+        if routes(self.cfg) == routes(new):
+            return []
+        return ["the routes of this host's own protected traffic (local path) changed: needs a restart; "
+                "until then traffic from the gateway host itself follows the old routes"]
+
+    def _reconfigure_ike(self, conns: list, diff: reloadmod.Diff) -> dict:
+        if self.ike is None:
+            if conns:
+                self._start_ike(conns)
+            return diff.as_dict()
+        result = self.ike.reconfigure(conns)
+        self._set_traps(conns)
+        return result
 
     # --- shutdown --------------------------------------------------------------------------------------------
     def stop(self) -> None:
         self.stopping.set()
+        self._stop_metrics()
         if self.ike is not None:
             self.ike.stop()
         cl = self.classifier
@@ -623,32 +882,80 @@ class Gateway:
         log.info("gateway %s stopped", self.instance)
 
 
+def _summary(diff: dict) -> str:
+    """``added a, b; removed c`` (empty groups left out), or ``unchanged``."""
+    parts = [f"{what} {', '.join(diff[what])}" for what in ("added", "removed", "changed") if diff.get(what)]
+    return "; ".join(parts) or "unchanged"
+
+
+def _setup_logging(args, cfg: configmod.Config | None) -> None:
+    """Before the configuration is read: plain lines at --log-level (or info). After: the configuration's
+    [log] table, --log-level, when given, overriding its default level. (xdpsec.logs replaces its handler.)"""
+    level = getattr(args, "log_level", None)
+    log_cfg = cfg.log if cfg is not None else configmod.LogConfig()
+    logs.setup(dataclasses.replace(log_cfg, level=level) if level else log_cfg)
+
+
+class _Signals:
+    """SIGTERM/SIGINT (stop) and SIGHUP (reload) as bytes on a pipe the main thread reads, so the work happens
+    in the main loop, never in a handler (a handler that reloaded could interrupt a reload holding a lock).
+
+    The signal numbers are written by the interpreter's C-level handler (signal.set_wakeup_fd): a signal may
+    be delivered to any thread, and then only this pipe wakes the main thread from its read."""
+
+    STOP = frozenset({signal.SIGTERM, signal.SIGINT})
+    RELOAD = signal.SIGHUP
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(self.r, True)
+        for sig in (*self.STOP, self.RELOAD):
+            signal.signal(sig, lambda *_: None)  # the work is done by the reader of the pipe
+        signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)  # full: requests nobody has read yet
+
+    def wait(self) -> set[int]:
+        """Block until signals arrive; their numbers."""
+        return set(os.read(self.r, 64))
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (*self.STOP, self.RELOAD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self.r)
+        os.close(self.w)
+
+
 def run_main(args) -> int:
-    """`xdpsec run -c FILE`: the gateway in the current network namespace, in the foreground."""
-    logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """`xdpsec run -c FILE`: the gateway in the current network namespace, in the foreground, until SIGTERM or
+    SIGINT; SIGHUP reloads the configuration file."""
+    _setup_logging(args, None)
     try:
         cfg = configmod.load(args.config)
     except configmod.ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    _setup_logging(args, cfg)
     gw = Gateway(cfg)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    signals = _Signals()
     try:
         gw.start()
-    except (ControlError, OSError, RuntimeError, ValueError, Exception) as exc:
+    except Exception as exc:
         # Everything set up so far is undone by stop(); the user gets one line, the details go to the debug log.
         log.debug("start-up failed", exc_info=True)
         print(f"xdpsec: {cfg.path}: cannot start gateway {cfg.instance!r}: {exc}", file=sys.stderr)
         gw.stop()
+        signals.close()
         return 1
     try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+        while not signals.STOP & (what := signals.wait()):
+            if signals.RELOAD in what:
+                config_log.info("SIGHUP: reloading %s", cfg.path)
+                try:
+                    gw.reload()
+                except Exception:  # a bug in applying a reload must not stop a gateway that carries traffic
+                    config_log.exception("reload of %s failed part-way; check `xdpsec status`", cfg.path)
     finally:
         gw.stop()
+        signals.close()
     return 0

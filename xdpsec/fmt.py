@@ -2,9 +2,10 @@
 
 Meant to be read at 3 a.m.: SAs grouped by child like ``swanctl --list-sas`` (one line per child with what
 both directions share, then one line per SA), every count with thousands separators, drop reasons by the
-names `xdpsec.abi.drop_name` gives them, zero counts left out. Each renderer takes the result shape the
-coordinator returns (see xdpsec/cli.py) and returns text without a trailing newline; --json output bypasses
-this module entirely.
+names `xdpsec.abi.drop_name` gives them, zero counts left out. `status` fits one screen: what runs, each
+connection's children with their SPIs, the top drop reasons. `top` frames show rates with SI prefixes
+(``12.3 Mb/s``). Each renderer takes the result shape the coordinator returns (see xdpsec/coordinator.py,
+`_cmd_*`) and returns text without a trailing newline; --json output bypasses this module entirely.
 """
 
 from __future__ import annotations
@@ -176,20 +177,44 @@ def render_stats(stats: Mapping[str, Any]) -> str:
 # -- status ------------------------------------------------------------------------------------------------
 
 
+def _workers_summary(workers: Sequence[Mapping[str, Any]]) -> str:
+    up = [w for w in workers if w["alive"]]
+    dead = ", ".join(f"W{w['id']}" for w in sorted(workers, key=lambda w: w["id"]) if not w["alive"])
+    restarts = sum(w["restarts"] for w in workers)
+    return (f"{len(up)} of {len(workers)} up" + (f" ({dead} dead)" if dead else "")
+            + f", {num(restarts)} restart{'s' if restarts != 1 else ''}")
+
+
+def _connections_table(connections: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per child; the connection's columns only on its first row, as swanctl --list-conns nests."""
+    rows = [["CONNECTION", "KEYING", "STATE", "PEER", "CHILD", "CHILD STATE", "OUT SPI", "IN SPI"]]
+    for conn in connections:
+        lead = [conn["name"], conn["keying"], conn["state"], ",".join(conn["remote"]) or "%any"]
+        for n, child in enumerate(conn["children"] or [{"name": NONE, "state": NONE}]):
+            rows.append([*(lead if n == 0 else [""] * 4), child["name"], child["state"],
+                         child.get("out_spi", ""), child.get("in_spi", "")])
+    return align(rows)
+
+
 def render_status(status: Mapping[str, Any]) -> str:
+    """The one-screen overview: what runs where, are the tunnels up, what is dropped most."""
+    drops = ", ".join(f"{d['reason']} {num(d['count'])}" for d in status["top_drops"]) or NONE
     summary = align(
         [
             ["instance", status["instance"]],
-            ["uptime", duration(status["uptime"])],
-            ["workers", num(status["workers"])],
+            ["config", status["config"]],
+            ["uptime", f"{duration(status['uptime'])}, {num(status['reloads'])} reload(s)"],
+            ["workers", _workers_summary(status["workers"])],
             ["SAs", num(status["sas"])],
             ["policies", num(status["policies"])],
+            ["top drops", drops],
         ]
     )
     rows = [["INTERFACE", "XDP", "QUEUES"]]
     rows += [[i["name"], i["xdp_mode"], num(i["queues"])] for i in status["interfaces"]]
     interfaces = align(rows, right=(2,)) if status["interfaces"] else ["no interfaces attached"]
-    return "\n".join(summary) + "\n\n" + "\n".join(interfaces)
+    connections = _connections_table(status["connections"]) if status["connections"] else ["no connections"]
+    return "\n\n".join("\n".join(part) for part in (summary, interfaces, connections))
 
 
 def render_ike_sas(ike_sas: Sequence[Mapping[str, Any]]) -> str:
@@ -206,6 +231,64 @@ def render_ike_sas(ike_sas: Sequence[Mapping[str, Any]]) -> str:
         return num(v) if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
     return "\n".join(align([[k.upper() for k in keys]] + [[cell(sa.get(k, "")) for k in keys] for sa in ike_sas]))
+
+
+# -- reload ------------------------------------------------------------------------------------------------
+
+
+def _changes(diff: Mapping[str, Sequence[str]]) -> str:
+    parts = [f"{what} {', '.join(diff[what])}" for what in ("added", "removed", "changed") if diff.get(what)]
+    if diff.get("unchanged"):
+        parts.append(f"{len(diff['unchanged'])} unchanged")
+    return "; ".join(parts) or NONE
+
+
+def render_reload(result: Mapping[str, Any]) -> str:
+    """What an applied reload did; its "needs a restart" warnings go to stderr (xdpsec/cli.py)."""
+    return "\n".join(
+        [f"reloaded {result['file']}"]
+        + align(
+            [
+                ["manual children", _changes(result["manual"])],
+                ["IKE connections", _changes(result["ike"])],
+                ["policies", "replaced" if result["policies_changed"] else "unchanged"],
+                ["applied live", ", ".join(result["live"]) or NONE],
+            ]
+        )
+    )
+
+
+# -- top ---------------------------------------------------------------------------------------------------
+
+
+def rate(value: float, unit: str) -> str:
+    """``12.3 Mb/s``, ``950 pps``: SI prefixes, three significant digits, what a glance needs."""
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}" if value else f"0 {unit}"
+
+
+def _drop_rates(drops: Mapping[str, float]) -> str:
+    return ", ".join(f"{r} {rate(n, '/s')}" for r, n in sorted(drops.items(), key=lambda t: -t[1])) or NONE
+
+
+def render_top(sample: Mapping[str, Any]) -> str:
+    """One `xdpsec top` frame: SAs busiest first, then workers, then the classifier's drops."""
+    rows = [["SA", "NAME", "DIR", "SPI", "WORKER", "PACKETS", "BITS", "DROPS"]]
+    for sa in sample["sas"]:
+        rows.append([f"#{sa['index']}", sa["name"], sa["direction"], sa["spi"], str(sa["worker"]),
+                     rate(sa["pps"], "pps"), rate(sa["bps"], "b/s"), _drop_rates(sa["drops"])])
+    sas = align(rows, right=(0, 4, 5, 6)) if sample["sas"] else ["no SAs installed"]
+    rows = [["WORKER", "STATE", "RX", "TX", "HANDOFF IN", "HANDOFF OUT", "DROPS"]]
+    for w in sample["workers"]:
+        rows.append([str(w["id"]), "up" if w["alive"] else "DEAD", rate(w["rx_pps"], "pps"),
+                     rate(w["tx_pps"], "pps"), rate(w["handoff_in_pps"], "pps"), rate(w["handoff_out_pps"], "pps"),
+                     _drop_rates(w["drops"])])
+    workers = align(rows, right=(0, 2, 3, 4, 5))
+    xdp = sample["xdp"]
+    classifier = [f"XDP  {rate(xdp['pps'].get('rx', 0), 'pps')} in, drops: {_drop_rates(xdp['drops'])}"]
+    return "\n\n".join("\n".join(part) for part in (sas, workers, classifier))
 
 
 RENDERERS = {

@@ -100,5 +100,5 @@ def test_no_secret_in_logs_even_at_debug_level(pair):
     psk = tomllib.loads(gws.configs[ga].read_text())["secrets"]["ike"][0]["secret"]
     for node in (ga, gb):
         text = gws.logs[node].read_text()
-        assert "DEBUG" in text  # the test would prove nothing at a quieter level
+        assert " debug " in text.lower()  # the test would prove nothing at a quieter level
         assert psk not in text and psk.encode().hex() not in text, node

@@ -4,6 +4,7 @@ the shapes the coordinator returns. Human output is compared whole where its lay
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -52,16 +53,36 @@ STATS = {
 }  # fmt: skip
 STATUS = {
     "instance": "gwA",
+    "config": "/etc/xdpsec/gwA.toml",
     "uptime": 273845.7,
+    "reloads": 1,
     "interfaces": [
         {"name": "lan0", "xdp_mode": "native", "queues": 2},
         {"name": "wan0", "xdp_mode": "generic", "queues": 1},
     ],
-    "workers": 2,
+    "workers": [{"id": 0, "pid": 4242, "alive": True, "restarts": 0},
+                {"id": 1, "pid": 4250, "alive": False, "restarts": 2}],
+    "connections": [
+        {"name": "site", "keying": "ike", "local": ["192.0.2.1"], "remote": ["192.0.2.2"], "state": "up",
+         "children": [{"name": "net", "state": "installed", "mode": "tunnel", "out_spi": "0x00001001",
+                       "in_spi": "0x00002001"}, {"name": "web", "state": "down"}]},
+        {"name": "road", "keying": "manual", "local": ["2001:db8::1"], "remote": [], "state": "down",
+         "children": [{"name": "dc", "state": "down"}]},
+        {"name": "shunts", "keying": "manual", "local": [], "remote": [], "state": "shunt",
+         "children": [{"name": "clear", "state": "pass"}]},
+    ],
     "sas": 3,
     "policies": 3,
-}
-RESULTS = {"sas": SAS, "policies": POLICIES, "stats": STATS, "status": STATUS}
+    "top_drops": [{"reason": "policy_discard", "count": 20}, {"reason": "tx_full", "count": 8}],
+}  # fmt: skip
+RELOAD = {
+    "applied": True, "file": "/etc/xdpsec/gwA.toml",
+    "manual": {"added": ["lab/three"], "removed": ["lab/two"], "changed": [], "unchanged": ["lab/net"]},
+    "ike": {"added": [], "removed": [], "changed": ["site"], "unchanged": []},
+    "policies_changed": True, "live": ["default_action"],
+    "restart_needed": ["gateway.workers: 2 -> 4 needs a restart; still running with 2"], "warnings": [],
+}  # fmt: skip
+RESULTS = {"sas": SAS, "policies": POLICIES, "stats": STATS, "status": STATUS, "reload": RELOAD}
 
 
 @pytest.fixture
@@ -149,14 +170,31 @@ def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
     ]
 
 
-def test_status(gateway, capsys):
+def test_status_is_one_screen(gateway, capsys):
     path, _ = gateway
     code, out, err = run(capsys, "status", "-s", str(path))
     assert (code, err) == (0, "")
-    assert out == (
-        "instance  gwA\nuptime    3d 4h\nworkers   2\nSAs       3\npolicies  3\n\n"
-        "INTERFACE  XDP      QUEUES\nlan0       native        2\nwan0       generic       1\n"
-    )
+    summary, interfaces, connections = out.rstrip("\n").split("\n\n")
+    assert summary.splitlines() == [
+        "instance   gwA",
+        "config     /etc/xdpsec/gwA.toml",
+        "uptime     3d 4h, 1 reload(s)",
+        "workers    1 of 2 up (W1 dead), 2 restarts",
+        "SAs        3",
+        "policies   3",
+        "top drops  policy_discard 20, tx_full 8",
+    ]
+    assert interfaces.splitlines() == ["INTERFACE  XDP      QUEUES", "lan0       native        2",
+                                       "wan0       generic       1"]
+    # One row per child, the connection's columns on its first child only; an absent peer is %any.
+    assert connections.splitlines() == [
+        "CONNECTION  KEYING  STATE  PEER       CHILD  CHILD STATE  OUT SPI     IN SPI",
+        "site        ike     up     192.0.2.2  net    installed    0x00001001  0x00002001",
+        "                                      web    down",
+        "road        manual  down   %any       dc     down",
+        "shunts      manual  shunt  %any       clear  pass",
+    ]
+    assert len(out.splitlines()) < 25  # fits a terminal
 
 
 @pytest.mark.parametrize(
@@ -194,7 +232,7 @@ def test_columns_stay_aligned_with_wide_cells():
 # -- --json ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cmd", sorted(RESULTS))
+@pytest.mark.parametrize("cmd", sorted(set(RESULTS) - {"reload"}))
 def test_json_is_exactly_the_gateways_result(gateway, capsys, cmd):
     path, _ = gateway
     code, out, err = run(capsys, cmd, "-s", str(path), "--json")
@@ -263,11 +301,41 @@ def test_help_documents_exit_codes(capsys):
         assert line in out
 
 
-def test_version(capsys):
-    assert run(capsys, "version") == (0, f"xdpsec {__version__}\n", "")
+def test_version_of_this_xdpsec(capsys):
+    code, out, _ = run(capsys, "version", "--json")
+    assert code == 0 and json.loads(out)["xdpsec"] == __version__
+
+
+def test_version_prints_every_component(capsys, monkeypatch):
+    fake = types.ModuleType("xdpsec.version")
+    fake.versions = lambda: {"xdpsec": "1.2.3", "kernel": "6.18.0", "cryptography": "50.0"}
+    monkeypatch.setitem(sys.modules, "xdpsec.version", fake)
+    code, out, _ = run(capsys, "version")
+    assert (code, out) == (0, "xdpsec        1.2.3\nkernel        6.18.0\ncryptography  50.0\n")
+    code, out, _ = run(capsys, "version", "--json")
+    assert json.loads(out) == fake.versions()
 
 
 # -- run and check delegate --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_logging():
+    """`run` sets up logging on the root logger (to the captured stderr): put everything back afterwards."""
+    root = logging.getLogger()
+    handlers, levels = root.handlers[:], {name: logging.getLogger(name).level for name in ("", "xdpsec")}
+    yield
+    root.handlers[:] = handlers
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_run_of_a_malformed_config_is_exit_2_without_traceback(capsys, tmp_path, own_logging):
+    bad = tmp_path / "gw.toml"
+    bad.write_text('instance = "gw"\n[gateway]\ninterfaces = ["eth0"]\nworkers = "two"\n')
+    code, out, err = run(capsys, "run", "-c", str(bad))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"{bad}:4: gateway.workers: ") and "Traceback" not in err
 
 
 def test_run_hands_its_arguments_to_the_coordinator(capsys, monkeypatch):
@@ -319,7 +387,7 @@ def ike_gateway():
 
     ike = [{"conn": "site", "state": "established", "peer": "192.0.2.2:4500", "children": ["net"]}]
     server = ControlServer(d / "gw.sock", {"initiate": action("initiate"), "terminate": action("terminate"),
-                                           "ike-sas": lambda _a: ike})
+                                           "rekey": action("rekey"), "ike-sas": lambda _a: ike})
     server.start()
     try:
         yield server.path, seen
@@ -352,3 +420,186 @@ def test_ike_sas_table_and_json(capsys, ike_gateway):
     assert row.split() == ["site", "established", "192.0.2.2:4500", "net"]
     code, out, _ = run(capsys, "ike-sas", "-s", str(path), "--json")
     assert json.loads(out)[0]["state"] == "established"
+
+
+@pytest.mark.parametrize(
+    "argv, request_args, said",
+    [
+        (["site"], {"conn": "site"}, "rekey site: requested"),
+        (["site", "--child", "net"], {"conn": "site", "child": "net"}, "rekey site/net: requested"),
+        (["site", "--ike"], {"conn": "site", "ike": True}, "rekey site (IKE SA): requested"),
+    ],
+)
+def test_rekey_passes_child_or_ike(capsys, ike_gateway, argv, request_args, said):
+    path, seen = ike_gateway
+    code, out, err = run(capsys, "rekey", "-s", str(path), *argv)
+    assert (code, err) == (0, "") and out.startswith(said)
+    assert seen == [("rekey", request_args)]
+
+
+def test_rekey_child_and_ike_together_is_a_usage_error(capsys, ike_gateway):
+    path, seen = ike_gateway
+    code, _out, err = run(capsys, "rekey", "-s", str(path), "site", "--child", "net", "--ike")
+    assert code == 2 and "not allowed with argument" in err and seen == []
+
+
+@pytest.mark.parametrize("cmd", [["initiate", "nope"], ["terminate", "nope"], ["rekey", "nope"],
+                                 ["rekey", "nope", "--ike"]])
+def test_unknown_connection_is_one_line_exit_1(capsys, ike_gateway, cmd):
+    path, _ = ike_gateway
+    code, out, err = run(capsys, cmd[0], "-s", str(path), *cmd[1:])
+    assert (code, out) == (1, "")
+    assert err == "xdpsec: unknown connection 'nope' (configured: site)\n"
+
+
+# -- every gateway command when there is no gateway, or no permission -------------------------------------
+
+GATEWAY_COMMANDS = [["status"], ["sas"], ["ike-sas"], ["policies"], ["stats"], ["initiate", "site"],
+                    ["terminate", "site"], ["rekey", "site"], ["reload"], ["top", "--count", "1"]]
+
+
+@pytest.mark.parametrize("cmd", GATEWAY_COMMANDS, ids=lambda c: c[0])
+def test_every_command_without_a_gateway_is_one_line_exit_3(capsys, cmd):
+    name = f"xst-cli-absent-{os.getpid()}"
+    code, out, err = run(capsys, cmd[0], "-i", name, *cmd[1:])
+    assert (code, out) == (3, "")
+    assert err.startswith(f"xdpsec: no gateway running for instance '{name}'") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.parametrize("cmd", GATEWAY_COMMANDS, ids=lambda c: c[0])
+def test_every_command_without_permission_is_one_line_exit_3(gateway, cmd):
+    path, _ = gateway
+    os.chmod(path.parent, 0o755)  # the directory is open; the socket's own 0600 keeps others out
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, run the command with stderr into the pipe
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.dup2(wfd, 2)
+            sys.stderr = os.fdopen(2, "w")
+            code = main([cmd[0], "-s", str(path), *cmd[1:]])
+            sys.stderr.flush()
+        finally:
+            os._exit(locals().get("code", 99))
+    os.close(wfd)
+    with os.fdopen(rfd) as r:
+        err = r.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert err == (f"xdpsec: permission denied on {path}: the control socket is root's only; "
+                   "run xdpsec as root\n")
+
+
+# -- reload ------------------------------------------------------------------------------------------------
+
+
+def test_reload_reports_what_changed_and_warns_about_restarts(gateway, capsys):
+    path, _ = gateway
+    code, out, err = run(capsys, "reload", "-s", str(path))
+    assert code == 0
+    assert out == (
+        "reloaded /etc/xdpsec/gwA.toml\n"
+        "manual children  added lab/three; removed lab/two; 1 unchanged\n"
+        "IKE connections  changed site\n"
+        "policies         replaced\n"
+        "applied live     default_action\n"
+    )
+    assert err == "xdpsec: warning: gateway.workers: 2 -> 4 needs a restart; still running with 2\n"
+    code, out, _ = run(capsys, "reload", "-s", str(path), "--json")
+    assert code == 0 and json.loads(out) == RELOAD
+
+
+def test_reload_of_a_malformed_config_lists_the_errors_and_exits_2(gateway, capsys):
+    path, results = gateway
+    results["reload"] = {"applied": False, "file": "/etc/xdpsec/gwA.toml", "warnings": [],
+                         "errors": ["/etc/xdpsec/gwA.toml:3: gateway.workers: expected an integer, got a string",
+                                    "/etc/xdpsec/gwA.toml:9: connections.x.esp_proposals: unknown algorithm"]}
+    code, out, err = run(capsys, "reload", "-s", str(path))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [*results["reload"]["errors"], "xdpsec: reload: /etc/xdpsec/gwA.toml has 2 "
+                                "error(s); the gateway keeps running the previous configuration"]
+    code, out, _ = run(capsys, "reload", "-s", str(path), "--json")
+    assert code == 2 and json.loads(out)["errors"] == results["reload"]["errors"]
+
+
+# -- top ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def counting_gateway():
+    """A fake gateway whose counters grow by a fixed amount per query: 1000 packets of 100 bytes on SA #1,
+    3 replay drops on SA #2, worker 0 rx/tx 1000, and worker 1 restarted (new pid, counters from zero)."""
+    d = Path(tempfile.mkdtemp(prefix="xst-cli-", dir="/tmp"))
+    polls = {"sas": 0, "stats": 0}
+
+    def sas(_args):
+        n = polls["sas"] = polls["sas"] + 1
+        return [{**SAS[0], "packets": 1000 * n, "bytes": 100_000 * n, "drops": {}},
+                {**SAS[1], "packets": 5, "bytes": 500, "drops": {"replay": 3 * n}}]
+
+    def stats(_args):
+        n = polls["stats"] = polls["stats"] + 1
+        return {"workers": [{**STATS["workers"][1], "id": 0, "alive": True, "rx": 1000 * n, "tx": 1000 * n,
+                             "drops": {}},
+                            {**STATS["workers"][0], "id": 1, "pid": 4000 + n, "rx": 7, "drops": {}}],
+                "xdp": {"stats": {"rx": 2000 * n}, "drops": {"policy_discard": 2 * n}}}
+
+    server = ControlServer(d / "gw.sock", {"sas": sas, "stats": stats})
+    server.start()
+    try:
+        yield server.path
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_top_json_one_object_per_refresh_with_rates(counting_gateway, capsys):
+    code, out, err = run(capsys, "top", "-s", str(counting_gateway), "--interval", "0.05", "--count", "3",
+                         "--json")
+    assert (code, err) == (0, "")
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert len(frames) == 3
+    for frame in frames:
+        seconds = frame["interval"]
+        assert 0.05 <= seconds < 5  # at least the interval; a loaded machine may take longer
+        busiest, other = frame["sas"]  # busiest first
+        assert busiest["index"] == 1 and busiest["pps"] == pytest.approx(1000 / seconds, rel=0.01)
+        assert busiest["bps"] == pytest.approx(8 * 100_000 / seconds, rel=0.01)
+        assert other["pps"] == 0 and other["drops"]["replay"] == pytest.approx(3 / seconds, rel=0.01)
+        w0, w1 = frame["workers"]
+        assert w0["rx_pps"] == pytest.approx(1000 / seconds, rel=0.01)
+        assert w1["rx_pps"] == pytest.approx(7 / seconds, rel=0.01)  # restarted: counted from zero
+        assert frame["xdp"]["drops"]["policy_discard"] == pytest.approx(2 / seconds, rel=0.01)
+
+
+def test_top_redraws_in_place_on_a_terminal(counting_gateway, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run(capsys, "top", "-s", str(counting_gateway), "--interval", "0.05", "--count", "2")
+    assert code == 0
+    frames = out.split("\x1b[H")[1:]  # each frame starts at the top left...
+    assert len(frames) == 2 and all(f.endswith("\x1b[J") for f in frames)  # ...and erases what was below
+    lines = frames[-1].split("\x1b[K\n")
+    assert lines[0].startswith(f"xdpsec top: {counting_gateway}, every 0.05 s")
+    sa_header, busiest = lines[2].split(), lines[3].split()
+    assert sa_header == ["SA", "NAME", "DIR", "SPI", "WORKER", "PACKETS", "BITS", "DROPS"]
+    assert busiest[:5] == ["#1", "site/net", "out", "0x00001001", "0"] and busiest[6] == "kpps"
+
+
+def test_top_without_a_terminal_prints_frames_one_after_another(counting_gateway, capsys):
+    code, out, _ = run(capsys, "top", "-s", str(counting_gateway), "--interval", "0.05", "--count", "2")
+    assert code == 0 and "\x1b" not in out and out.count("xdpsec top:") == 2
+
+
+@pytest.mark.parametrize("argv", [["--interval", "0"], ["--interval", "x"], ["--count", "0"]])
+def test_top_bad_options_exit_2(capsys, argv):
+    code, _out, err = run(capsys, "top", *argv)
+    assert code == 2 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "value, text", [(0, "0 pps"), (950, "950 pps"), (1234, "1.23 kpps"), (12_345_678, "12.3 Mpps"), (2.5e9, "2.5 Gpps")]
+)
+def test_rates_with_si_prefixes(value, text):
+    assert fmt.rate(value, "pps") == text
