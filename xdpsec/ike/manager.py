@@ -8,7 +8,9 @@ against it.
 Routing (RFC 7296 §2.6): an IKE SA is found by *our* SPI, the responder SPI of messages from an original
 initiator (I flag set) and the initiator SPI otherwise. A new IKE_SA_INIT request (responder SPI zero) creates
 a half-open SA, bounded by `max_half_open`; its retransmissions are recognised by (initiator SPI, peer) and
-answered from the SA's cache. Messages for SPIs we do not know are dropped: §2.21.4 allows INVALID_IKE_SPI
+answered from the SA's cache. From `cookie_threshold` half-open SAs on, a new request must echo a COOKIE
+(§2.6, cookie.py): without one it gets a stateless N(COOKIE) and creates nothing (`cookie_sent`, `cookie_ok`,
+`cookie_bad` count them). Messages for SPIs we do not know are dropped: §2.21.4 allows INVALID_IKE_SPI
 there but does not require it, and an unauthenticated answer to spoofed sources would make us a reflector.
 Nothing a peer sends makes `receive_datagram` raise.
 
@@ -28,18 +30,22 @@ from collections.abc import Callable, Sequence
 from xdpsec.ike import wire
 from xdpsec.ike.conf import ChildConfig, IkeConnConfig, StartAction
 from xdpsec.ike.consts import ExchangeType
+from xdpsec.ike.cookie import CookieJar, Verdict, challenge, scan
 from xdpsec.ike.events import ChildDown, Event
 from xdpsec.ike.sa import Addr, Child, ChildState, IkeSA, Services, State
 from xdpsec.ike.tasks.child_create import ChildCreate
 from xdpsec.ike.tasks.child_rekey import ChildRekey
 from xdpsec.ike.tasks.ike_auth import IkeAuth
 from xdpsec.ike.tasks.ike_init import IkeInit
+from xdpsec.ike.tasks.ike_intermediate import IkeIntermediate
 from xdpsec.ike.tasks.ike_rekey import IkeRekey
 from xdpsec.ike.tasks.informational import DeleteChild
 from xdpsec.sa import IPAddress
 
 _HALF_OPEN = (State.CREATED, State.CONNECTING)
 HANDSHAKES_KEPT = 1024
+#: Half-open IKE SAs from which on IKE_SA_INIT needs a COOKIE (§2.6); strongSwan's charon.cookie_threshold is 10.
+COOKIE_THRESHOLD = 64
 
 Usage = Callable[[int], "tuple[int, int] | None"]
 
@@ -47,7 +53,7 @@ Usage = Callable[[int], "tuple[int, int] | None"]
 class IkeManager:
     def __init__(self, conns: Sequence[IkeConnConfig], *, rng: Callable[[int], bytes] = os.urandom,
                  spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024,
-                 usage: Usage | None = None):
+                 usage: Usage | None = None, cookie_threshold: int = COOKIE_THRESHOLD):
         self.conns = {c.name: c for c in conns}
         self.stats: Counter[str] = Counter()
         #: Seconds from the first IKE_SA_INIT to IKE_AUTH done, the latest HANDSHAKES_KEPT of them.
@@ -56,6 +62,8 @@ class IkeManager:
         self._rng = rng
         self._spi_in_use = spi_in_use
         self._max_half_open = max_half_open
+        self._cookie_threshold = cookie_threshold  # at or above max_half_open: no cookies, the limit alone
+        self._cookies = CookieJar(rng)
         self._sas: dict[int, IkeSA] = {}                    # by our SPI
         self._half_open: dict[tuple[int, Addr], IkeSA] = {}  # responder: (peer's SPI, peer) -> SA
         self._child_spis: set[int] = set()
@@ -112,6 +120,7 @@ class IkeManager:
                         remote=(cfg.remote_addrs[0], cfg.remote_port), services=self._services, now=now)
             self._sas[ike.ispi] = ike
             ike.queue([IkeInit(ike, initiator=True)], now)
+            ike.queue([IkeIntermediate(ike, initiator=True)], now)  # RFC 9370; dropped unsent if none chosen
             first, children = children[0], children[1:]
             ike.queue([IkeAuth(ike, initiator=True),
                        ChildCreate(ike, initiator=True, child=first, in_ike_auth=True)], now)
@@ -187,6 +196,8 @@ class IkeManager:
     def receive_datagram(self, data: bytes, local: tuple[IPAddress, int], remote: tuple[IPAddress, int],
                          now: float) -> None:
         self._now = now
+        if self._answered_statelessly(data, local, remote, now):
+            return
         try:
             msg = wire.decode(data)
         except wire.IkeError:
@@ -238,7 +249,7 @@ class IkeManager:
     def _route(self, msg: wire.Message, local: Addr, remote: Addr, now: float) -> IkeSA | None:
         ispi, rspi = int.from_bytes(msg.ispi, "big"), int.from_bytes(msg.rspi, "big")
         if msg.exchange == ExchangeType.IKE_SA_INIT and rspi == 0 and not msg.is_response:
-            return self._responder_for(ispi, local, remote, now)
+            return self._responder_for(msg, local, remote, now)
         ike = self._sas.get(rspi if msg.is_initiator else ispi)
         if ike is None or (ike.initiator == msg.is_initiator) or ike.state == State.DEAD:
             self._count("unknown_spi")
@@ -251,22 +262,60 @@ class IkeManager:
             return None
         return ike
 
-    def _responder_for(self, ispi: int, local: Addr, remote: Addr, now: float) -> IkeSA | None:
+    def _responder_for(self, msg: wire.Message, local: Addr, remote: Addr, now: float) -> IkeSA | None:
+        ispi = int.from_bytes(msg.ispi, "big")
         ike = self._half_open.get((ispi, remote))
         if ike is not None:
             return ike  # a retransmitted IKE_SA_INIT: the SA answers from its cache
-        if len(self._half_open) >= self._max_half_open:
-            self._count("half_open_limit")
+        if msg.msg_id != 0:
+            self._count("message_id_out_of_window")  # §2.2: IKE_SA_INIT is message 0; an SA for it would never end
             return None
         cfg = self._conn_for(local[0], remote[0])
         if cfg is None:
             self._count("no_matching_conn")
+            return None
+        if len(self._half_open) >= self._max_half_open:
+            self._count("half_open_limit")
             return None
         ike = IkeSA(cfg, initiator=False, ispi=ispi, local=local, remote=remote, services=self._services, now=now)
         ike.rspi = self._new_ike_spi()
         self._sas[ike.rspi] = ike
         self._half_open[(ispi, remote)] = ike
         return ike
+
+    def _answered_statelessly(self, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
+        """§2.6, under load: a new IKE SA's IKE_SA_INIT request gets state only if it echoes the cookie we made
+        for its Ni, address and SPI; any other is answered with a fresh N(COOKIE) (or dropped if it has no Ni)
+        and forgotten. Runs before the full decoding and holds nothing: a flood costs a header, a payload walk
+        and a MAC each. True when the datagram was dealt with here."""
+        if len(self._half_open) < self._cookie_threshold:
+            return False
+        try:
+            h = wire.decode_header(data)
+        except wire.IkeError:
+            return False  # the usual path counts it
+        if h.exchange != ExchangeType.IKE_SA_INIT or h.is_response or any(h.rspi) or h.msg_id != 0 \
+                or (int.from_bytes(h.ispi, "big"), remote) in self._half_open \
+                or self._conn_for(local[0], remote[0]) is None:
+            return False  # not a new SA's first request, or one we would not answer anyway: the usual path
+        found = scan(bytes(data), h.next_payload)
+        if found is None or found[0] is None:
+            self._count("malformed")  # nothing to bind a cookie to; with state it would get INVALID_SYNTAX
+            return True
+        ni, cookie = found
+        verdict = self._cookies.check(cookie, ni, remote[0], h.ispi, now)
+        if verdict != Verdict.MISSING:
+            self._count(verdict.value)
+        if verdict == Verdict.VALID:
+            return False
+        self._count("cookie_sent")
+        self._out.append((challenge(h.ispi, h.msg_id, self._cookies.make(ni, remote[0], h.ispi, now)), local, remote))
+        return True
+
+    @property
+    def half_open(self) -> int:
+        """IKE SAs we answered whose initiator has not authenticated yet (the cookie threshold counts them)."""
+        return len(self._half_open)
 
     def _conn_for(self, local: IPAddress, remote: IPAddress) -> IkeConnConfig | None:
         """The first connection whose addresses allow this pair (empty lists allow any address)."""
