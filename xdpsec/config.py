@@ -86,6 +86,9 @@ IKE connections (swanctl.conf's names; everything else as above)::
     retransmit_timeout = "4s"      # default: [gateway] retransmit_timeout
     retransmit_tries = 5           # default: [gateway] retransmit_tries
     keyingtries = 1                # 0 = forever
+    fragmentation = "yes"          # IKE fragmentation (RFC 7383): yes | accept (announce, never send) | force
+                                   #   (= yes for IKEv2) | no (not announced); peers' fragments are always taken
+    fragment_size = 0              # IP datagram size of a fragment, 576..65535; 0: 576 (IPv4), 1280 (IPv6)
     rekey_time = "4h"              # IKE SA rekeying (0 = never); life_time = rekey_time + over_time, the hard limit
     over_time = "24m"              #   default 10 % of rekey_time, > 0 when rekey_time is
     rand_time = "24m"              #   subtracted at random from rekey_time; default over_time (at most half of
@@ -178,6 +181,7 @@ from xdpsec.ike.conf import (
     ChildConfig,
     ChildProposal,
     DpdAction,
+    Fragmentation,
     Identity,
     IkeConnConfig,
     IkeProposal,
@@ -614,7 +618,7 @@ _GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_acti
 _CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
 _IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries",
                   "retransmit_timeout", "retransmit_tries", "rekey_time", "over_time", "rand_time", "local",
-                  "remote")
+                  "remote", "fragmentation", "fragment_size")
 _CHILD_KEYS = ("mode", "local_ts", "remote_ts", "esp_proposals", "ah_proposals", "priority", "replay_window",
                "manual")
 _CHILD_LIFETIME_KEYS = ("rekey_time", "life_time", "rand_time", "rekey_bytes", "life_bytes", "rekey_packets",
@@ -1575,6 +1579,8 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
     tries = ck.integer(tbl, path, "keyingtries", 0, 1_000_000, 1)
     retransmission = _retransmission(ck, tbl, path, ctx.retransmission)
     lifetime = _ike_lifetime(ck, tbl, path)
+    fragmentation = ck.choice(tbl, path, "fragmentation", Fragmentation, Fragmentation.YES)
+    fragment_size = _fragment_size(ck, tbl, path)
     children_tbl = ck.get(tbl, path, "children", dict)
     rounds = None
     if local is not None and remote is not None:
@@ -1597,15 +1603,30 @@ def _ike_connection(ck: _Checker, name: str, tbl: dict, ctx: _IkeContext) -> Con
             child = _child(ck, conn, child_path, child_tbl, ike=True, encap=bool(encap))
             if child is not None:
                 children.append(child)
-    if rounds is None or None in (ike_proposals, encap, tries, lifetime, *ports, *timers, *retransmission) \
-            or version != 2:
+    if rounds is None or None in (ike_proposals, encap, tries, lifetime, *ports, *timers, *retransmission,
+                                  fragmentation, fragment_size) or version != 2:
         return None
     ike = IkeConnConfig(name=name, local_addrs=local, remote_addrs=remote, proposals=ike_proposals,
                         local=rounds[0], remote=rounds[1], children=tuple(c.ike for c in children if c.ike),
                         encap=encap, local_port=ports[0], remote_port=ports[1], dpd_delay=timers[0],
                         dpd_timeout=timers[1], retransmit_timeout=retransmission[0],
-                        retransmit_tries=retransmission[1], keyingtries=tries, lifetime=lifetime)
+                        retransmit_tries=retransmission[1], keyingtries=tries, lifetime=lifetime,
+                        fragmentation=fragmentation, fragment_size=fragment_size)
     return replace(conn, children=tuple(children), ike=ike)
+
+
+#: RFC 791: every IPv4 host takes datagrams of 576 octets; a smaller fragment size would help no path.
+_MIN_FRAGMENT_SIZE = 576
+
+
+def _fragment_size(ck: _Checker, tbl: dict, path: KeyPath) -> int | None:
+    """strongSwan's charon.fragment_size, per connection: 0 or 576..65535."""
+    size = ck.integer(tbl, path, "fragment_size", 0, 65535, 0)
+    if size is not None and 0 < size < _MIN_FRAGMENT_SIZE:
+        ck.error((*path, "fragment_size"), f"{size} is below {_MIN_FRAGMENT_SIZE}, the datagram every IPv4 path "
+                                           f"carries; use 0 for 576 (IPv4) / 1280 (IPv6)")
+        return None
+    return size
 
 
 # --- operations: [log], [metrics], [debug], [limits] --------------------------------------------------------------

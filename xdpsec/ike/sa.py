@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from xdpsec.crypto.ikecipher import IkeCipher, IntegrityError
-from xdpsec.ike import wire
-from xdpsec.ike.conf import DpdAction, IkeConnConfig, IkeProposal
+from xdpsec.ike import fragment, wire
+from xdpsec.ike.conf import DpdAction, Fragmentation, IkeConnConfig, IkeProposal
 from xdpsec.ike.consts import ExchangeType, HeaderFlag
 from xdpsec.ike.events import ChildDown, ChildUp, Event, Failure, IkeDown
 from xdpsec.ike.keys import IkeKeys
@@ -68,7 +68,7 @@ class State(enum.Enum):
 #: Requests a responder accepts per state (RFC 7296 §1.2-§1.4; §2.2: IKE_SA_INIT then IKE_AUTH, then the rest).
 ACCEPTS: dict[State, frozenset[ExchangeType]] = {
     State.CREATED: frozenset({ExchangeType.IKE_SA_INIT}),
-    State.CONNECTING: frozenset({ExchangeType.IKE_AUTH}),
+    State.CONNECTING: frozenset({ExchangeType.IKE_INTERMEDIATE, ExchangeType.IKE_AUTH}),  # RFC 9242 §3
     State.ESTABLISHED: frozenset({ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL}),
     State.DELETING: frozenset({ExchangeType.INFORMATIONAL}),
     State.DEAD: frozenset(),
@@ -123,7 +123,7 @@ class _Outstanding:
     msg_id: int
     exchange: ExchangeType
     tasks: list[Task]
-    data: bytes
+    datagrams: tuple[bytes, ...]  # the request, or its RFC 7383 fragments: all resent on each retransmission
     sent_at: float
     tries: int = 0
 
@@ -132,7 +132,7 @@ class _Outstanding:
 class _CachedResponse:
     msg_id: int
     request_digest: bytes
-    data: bytes
+    datagrams: tuple[bytes, ...]
 
 
 @dataclass
@@ -168,6 +168,10 @@ class IkeSA:
         self.last_heard = now
         self.last_sent = now
         self.crypto: Crypto | None = None
+        # Keys that take over once the response being built has gone out: a responder's IKE_INTERMEDIATE
+        # response is still protected with the keys before its additional key exchange (RFC 9370 §2.2.2).
+        self.next_crypto: Crypto | None = None
+        self.intermediate = None  # tasks/ike_intermediate.Progress when IKE_SA_INIT chose additional KEs
         # IKE_SA_INIT material that IKE_AUTH signs (§2.15) and child keys derive from (§2.17).
         self.ni = b""
         self.nr = b""
@@ -179,6 +183,8 @@ class IkeSA:
         self.peer_hash_algorithms: tuple[int, ...] = ()
         self.peer_id: tuple[int, bytes] | None = None  # the authenticated peer identity (ID type, data)
         self.peer_certreq = False
+        self.peer_fragmentation = False  # RFC 7383 §2.3: the peer announced IKE fragmentation in IKE_SA_INIT
+        self._reassembly = {False: fragment.Reassembly(), True: fragment.Reassembly()}  # requests, responses
         self.children: list[Child] = []
         self.announced = False  # IkeUp was emitted, so IkeDown must follow
         self.rekey_at: float | None = None
@@ -194,6 +200,10 @@ class IkeSA:
     def _transmit(self, data: bytes, local: Addr, remote: Addr) -> None:
         self.last_sent = self.now
         self.services.send(data, local, remote)
+
+    def _transmit_all(self, datagrams: tuple[bytes, ...]) -> None:
+        for data in datagrams:
+            self._transmit(data, self.local, self.remote)
 
     # --- identity -----------------------------------------------------------------------------------------
 
@@ -308,11 +318,11 @@ class IkeSA:
         if self.state == State.DEAD:
             return  # a task gave up while building (e.g. no signature scheme in common)
         msg_id = self._next_request_id
-        data = self.encode(exchange, msg_id, response=False, payloads=payloads)
+        datagrams = self.datagrams(exchange, msg_id, response=False, payloads=payloads)
         if exchange == ExchangeType.IKE_SA_INIT:
-            self.init_request = data
-        self._outstanding = _Outstanding(msg_id, exchange, tasks, data, now)
-        self._transmit(data, self.local, self.remote)
+            self.init_request = datagrams[0]
+        self._outstanding = _Outstanding(msg_id, exchange, tasks, datagrams, now)
+        self._transmit_all(datagrams)
 
     def encode(self, exchange: ExchangeType, msg_id: int, *, response: bool,
                payloads: list[wire.Payload]) -> bytes:
@@ -323,6 +333,28 @@ class IkeSA:
             return wire.encode(header)
         cipher = self.crypto.outbound
         return wire.encode_encrypted(header, payloads, cipher.seal, cipher.sealed_len)
+
+    @property
+    def sends_fragments(self) -> bool:
+        """RFC 7383 §2.3: both sides announced fragmentation, and ours is not `accept` (announce only)."""
+        return self.peer_fragmentation and self.conn.fragmentation in (Fragmentation.YES, Fragmentation.FORCE)
+
+    def datagrams(self, exchange: ExchangeType, msg_id: int, *, response: bool,
+                  payloads: list[wire.Payload]) -> tuple[bytes, ...]:
+        """The message as it goes out: `encode`d whole, or as RFC 7383 fragments when it is protected (only SK
+        content is fragmented, so never IKE_SA_INIT), fragmentation was negotiated, and it does not fit the
+        configured fragment size."""
+        if self.sends_fragments and self.crypto is not None and exchange != ExchangeType.IKE_SA_INIT:
+            flags = (HeaderFlag.INITIATOR if self.initiator else 0) | (HeaderFlag.RESPONSE if response else 0)
+            header = wire.Message(self.ispi.to_bytes(8, "big"), self.rspi.to_bytes(8, "big"), exchange, flags,
+                                  msg_id)
+            natt = NATT_PORT in (self.local[1], self.remote[1])
+            budget = fragment.message_budget(self.conn.fragment_size, self.remote[0], natt)
+            pieces = fragment.split(header, payloads, self.crypto.outbound, budget)
+            if pieces is not None:
+                self.services.count("fragmented")
+                return tuple(pieces)
+        return (self.encode(exchange, msg_id, response=response, payloads=payloads),)
 
     # --- receiving ----------------------------------------------------------------------------------------
 
@@ -344,15 +376,35 @@ class IkeSA:
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             self.services.count("unexpected_exchange")
             return None
+        if fragment.is_fragment(msg):
+            return self._open_fragment(msg, data, self.crypto.inbound)
         try:
             _header, aad, first, body = wire.split_encrypted(data)
             plain = self.crypto.inbound.open(aad, body)
-            return Inbound(msg, tuple(wire.decode_payloads(first, plain)))
+            return Inbound(msg, tuple(wire.decode_payloads(first, plain)), aad, plain)
         except IntegrityError:
             self.services.count("integrity_failed")  # §2.21.1: never answer what does not authenticate
         except wire.IkeError:
             self.services.count("malformed_inner")
         return None
+
+    def _open_fragment(self, msg: wire.Message, data: bytes, cipher: IkeCipher) -> Inbound | None:
+        """RFC 7383 §2.6: a fragment is kept once it authenticates; the last one missing completes the message.
+        Accepted whatever our `fragmentation` says (as strongSwan does), but only once IKE_SA_INIT is done (the
+        caller's checks): before that there are no keys to check it with. `Inbound.aad` stays empty: the
+        unfragmented message's header never crossed the wire (RFC 9242 §3.3.2 says how IntAuth rebuilds it)."""
+        try:
+            whole = self._reassembly[msg.is_response].receive(msg, data, cipher, self.now)
+        except fragment.Discarded as e:
+            self.services.count(e.reason)
+            return None
+        if whole is None:
+            return None
+        try:
+            return Inbound(msg, wire.decode_payloads(*whole), plain=whole[1])
+        except wire.IkeError:
+            self.services.count("malformed_inner")
+            return None
 
     def _follow_peer(self, local: Addr, remote: Addr) -> None:
         """§2.23: behind a NAT the peer's address and port are whatever its latest authenticated message came
@@ -377,9 +429,11 @@ class IkeSA:
         cached = self._cached
         if cached is not None and msg.msg_id == cached.msg_id:
             # §2.1: a retransmitted request gets the same response again, without being processed again.
-            if cached.request_digest == digest:
+            if fragment.is_fragment(msg):
+                self._fragment_retransmitted(msg, data, cached)
+            elif cached.request_digest == digest:
                 self.services.count("response_resent")
-                self._transmit(cached.data, self.local, self.remote)
+                self._transmit_all(cached.datagrams)
             else:
                 self.services.count("message_id_reused")
             return
@@ -404,15 +458,28 @@ class IkeSA:
                                self.local, self.remote)
             self.die(fatal)
             return
-        out = self.encode(msg.exchange, msg.msg_id, response=True, payloads=response)
+        out = self.datagrams(msg.exchange, msg.msg_id, response=True, payloads=response)
+        if self.next_crypto is not None:
+            self.crypto, self.next_crypto = self.next_crypto, None
         if msg.exchange == ExchangeType.IKE_SA_INIT:
-            self.init_response = out
+            self.init_response = out[0]
         self._next_peer_id = msg.msg_id + 1
         self._cached = _CachedResponse(msg.msg_id, digest, out)
-        self._transmit(out, self.local, self.remote)
+        self._transmit_all(out)
         if fatal is not None:
             self.services.emit(Failure(self.name, fatal))
             self.die(fatal)
+
+    def _fragment_retransmitted(self, msg: wire.Message, data: bytes, cached: _CachedResponse) -> None:
+        """A fragment of the request we answered last: RFC 7383 §2.6.1's rule, in fragment.asks_for_response."""
+        if self.crypto is None:
+            return
+        try:
+            if fragment.asks_for_response(msg, data, self.crypto.inbound):
+                self.services.count("response_resent")
+                self._transmit_all(cached.datagrams)
+        except fragment.Discarded as e:
+            self.services.count(e.reason)
 
     def _respond(self, tasks: list[Task], inbound: Inbound) -> tuple[list[wire.Payload], str | None]:
         """Process the request with every task and build the response. An IkeError becomes a notify-only
@@ -566,7 +633,7 @@ class IkeSA:
             out.tries += 1
             out.sent_at = now
             self.services.count("retransmit")
-            self._transmit(out.data, self.local, self.remote)
+            self._transmit_all(out.datagrams)
         elif self.state == State.CONNECTING:
             self.services.count("half_open_expired")
             self.die("half-open timeout")
@@ -604,7 +671,8 @@ class IkeSA:
             "nat": {"local": self.nat_local, "remote": self.nat_remote},
             "algorithms": None if p is None else {"encr": int(p.encr), "encr_key_bits": p.encr_key_bits,
                                                   "integ": None if p.integ is None else int(p.integ),
-                                                  "prf": int(p.prf), "ke": int(p.ke)},
+                                                  "prf": int(p.prf), "ke": int(p.ke),
+                                                  "addke": [int(m) for m in p.addke]},
             "children": [{"name": c.name, "in_spi": f"{c.inb.spi:08x}", "out_spi": f"{c.out.spi:08x}",
                           "mode": c.inb.mode.value, "local_ts": [str(t) for t in c.inb.local_ts],
                           "remote_ts": [str(t) for t in c.inb.remote_ts],

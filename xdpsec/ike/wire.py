@@ -48,7 +48,7 @@ _TRANSFORM = struct.Struct("!BBHBBH")  # last/more, reserved, length, type, rese
 _ATTR = struct.Struct("!HH")           # AF|type, value (TV) or length (TLV)
 _PROTO_SPI = struct.Struct("!BBH")     # Notify: protocol, SPI size, type; Delete: protocol, SPI size, count
 _TS_HEAD = struct.Struct("!BBH")       # TS type, IP protocol, selector length
-_U16_PAIR = struct.Struct("!HH")       # TS ports; KE group and reserved
+_U16_PAIR = struct.Struct("!HH")       # TS ports; KE group and reserved; SKF Fragment Number and Total Fragments
 
 _CRITICAL = 0x80          # §3.2: the only defined bit of the generic header's flags octet
 _LAST = 0                 # §3.3.1, §3.3.2: last substructure
@@ -222,7 +222,21 @@ class Encrypted:
     data: bytes  # IV | ciphertext (with padding and pad length) | ICV
 
 
-Body = SA | KE | ID | Cert | CertReq | Auth | Nonce | Notify | Delete | Vendor | TS | Unknown | Encrypted
+@dataclass(frozen=True)
+class EncryptedFragment:
+    """The Encrypted Fragment payload (SKF, RFC 7383 §2.5) as received: one protected piece of an SK payload.
+
+    `first` is the type of the first inner payload in fragment 1 and zero in the others; `number` (1-based) and
+    `total` are not checked against each other here: xdpsec/ike/fragment.py discards what they get wrong."""
+
+    first: int
+    number: int
+    total: int
+    data: bytes  # IV | ciphertext (with padding and pad length) | ICV
+
+
+Body = SA | KE | ID | Cert | CertReq | Auth | Nonce | Notify | Delete | Vendor | TS | Unknown | Encrypted \
+    | EncryptedFragment
 
 
 @dataclass(frozen=True)
@@ -485,11 +499,18 @@ def decode_payloads(first: int, data: bytes | bytearray | memoryview) -> tuple[P
         critical = bool(flags & _CRITICAL)
         body = data[off + _GENERIC.size:off + length]
         off += length
-        if ptype == PayloadType.SK:
-            # §3.14: SK is the last payload; its Next Payload names the first payload inside it.
+        if ptype in (PayloadType.SK, PayloadType.SKF):
+            # §3.14: SK is the last payload; its Next Payload names the first payload inside it. RFC 7383 §2.5:
+            # so is SKF, whose body opens with its Fragment Number and Total Fragments.
             if off != len(data):
                 raise _syntax("payloads after the Encrypted payload")
-            payloads.append(Payload(ptype, Encrypted(nxt, body), critical))
+            if ptype == PayloadType.SK:
+                payloads.append(Payload(ptype, Encrypted(nxt, body), critical))
+            elif len(body) < _U16_PAIR.size:
+                raise _syntax("Encrypted Fragment payload without Fragment Number and Total Fragments")
+            else:
+                number, total = _U16_PAIR.unpack_from(body)
+                payloads.append(Payload(ptype, EncryptedFragment(nxt, number, total, body[_U16_PAIR.size:]), critical))
             return tuple(payloads)
         payloads.append(Payload(ptype, _decode_body(ptype, critical, body), critical))
         ptype = nxt
@@ -616,6 +637,7 @@ _ENCODERS: dict[type, tuple[frozenset[int] | None, Callable]] = {
     Vendor: (frozenset({PayloadType.VENDOR}), lambda b: b.data),
     TS: (frozenset({PayloadType.TSi, PayloadType.TSr}), _encode_ts),
     Encrypted: (frozenset({PayloadType.SK}), lambda b: b.data),
+    EncryptedFragment: (frozenset({PayloadType.SKF}), lambda b: _pack(_U16_PAIR, b.number, b.total) + b.data),
     Unknown: (None, lambda b: b.data),
 }
 
@@ -632,7 +654,7 @@ def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
     """(type of the first payload, the chain). An Encrypted payload must come last (§3.14)."""
     parts = []
     for i, p in enumerate(payloads):
-        if isinstance(p.body, Encrypted):
+        if isinstance(p.body, Encrypted | EncryptedFragment):
             if i != len(payloads) - 1:
                 raise ValueError("the Encrypted payload must be the last one")
             nxt = p.body.first
@@ -665,13 +687,31 @@ def encode_encrypted(header: Message, inner: Sequence[Payload], seal: Callable[[
     plaintext; `seal(aad, plaintext)` returns that body. Lengths go into the headers before sealing because
     both headers are part of the associated data (RFC 5282 §5.1, RFC 7296 §3.14).
     """
-    if any(isinstance(p.body, Encrypted) for p in inner):
+    if any(isinstance(p.body, Encrypted | EncryptedFragment) for p in inner):
         raise ValueError("an Encrypted payload cannot be nested")
     first, plaintext = encode_payloads(inner)
     body_len = sealed_len(len(plaintext))
     sk_len = _GENERIC.size + body_len
     aad = _encode_header(header, PayloadType.SK, IKE_HEADER_LEN + sk_len) + _pack(_GENERIC, first, 0, sk_len)
     body = seal(aad, plaintext)
+    if len(body) != body_len:
+        raise ValueError(f"seal returned {len(body)} octets, sealed_len promised {body_len}")
+    return aad + body
+
+
+def encode_fragment(header: Message, first: int, number: int, total: int, chunk: bytes,
+                    seal: Callable[[bytes, bytes], bytes], sealed_len: Callable[[int], int]) -> bytes:
+    """One IKE Fragment message (RFC 7383 §2.5): the header fields of `header`, then an SKF payload protecting
+    `chunk`, a piece of the inner payload chain. `first` is the chain's first payload type in fragment 1 and
+    must be zero in the others. The associated data runs from the IKE header through Total Fragments (RFC 7383
+    §2.5: "the Fragment Number and the Total Fragments fields" are authenticated like the headers)."""
+    if not 1 <= number <= total or (number > 1 and first):
+        raise ValueError(f"fragment {number} of {total} with first payload {first}")
+    body_len = sealed_len(len(chunk))
+    skf_len = _GENERIC.size + _U16_PAIR.size + body_len
+    aad = (_encode_header(header, PayloadType.SKF, IKE_HEADER_LEN + skf_len) + _pack(_GENERIC, first, 0, skf_len)
+           + _pack(_U16_PAIR, number, total))
+    body = seal(aad, chunk)
     if len(body) != body_len:
         raise ValueError(f"seal returned {len(body)} octets, sealed_len promised {body_len}")
     return aad + body

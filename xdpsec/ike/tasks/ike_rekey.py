@@ -73,6 +73,7 @@ class IkeRekey(Task):
         new.state = State.ESTABLISHED
         new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
         new.peer_hash_algorithms, new.peer_id = old.peer_hash_algorithms, old.peer_id
+        new.peer_fragmentation = old.peer_fragmentation  # negotiated once, in IKE_SA_INIT (RFC 7383 §2.3)
         old.services.adopt(new)
         self.new = new
         return new
