@@ -117,8 +117,8 @@ _KE_REFUSED: dict[str, str] = {
     "modp1024s160": _WEAK_GROUP.format(what="group 22 (1024-bit MODP, 160-bit subgroup)", status="SHOULD NOT"),
     "modp2048s224": _WEAK_GROUP.format(what="group 23 (2048-bit MODP, 224-bit subgroup)", status="SHOULD NOT"),
     "modp2048s256": _WEAK_GROUP.format(what="group 24 (2048-bit MODP, 256-bit subgroup)", status="SHOULD NOT"),
-    **{f"mlkem{n}": f"not yet supported: ML-KEM-{n} (draft-ietf-ipsecme-ikev2-mlkem) is not implemented; use "
-                    f"x25519" for n in (512, 768, 1024)},
+    **{f"mlkem{n}": f"ML-KEM-{n} is only supported as an additional key exchange on top of a classic group "
+                    f"(RFC 9370 hybrid): write e.g. x25519-ke1_mlkem{max(n, 768)}" for n in (512, 768, 1024)},
 }
 
 # Tokens we recognise and refuse in IKE proposals (RFC 8247, the IKEv2 counterpart of RFC 8221).
@@ -152,8 +152,13 @@ _IKE_REFUSED: dict[str, str] = {
        for bits in (128, 192, 256) for icv in (8, 12, 16, 64, 96, 128)},
 }
 
-# Additional key exchanges (RFC 9370), strongSwan's `ke1_mlkem768`: parsed so the answer is precise.
-_ADDKE_RE = re.compile(r"ke([1-7])_([a-z0-9]+)")
+# Additional key exchanges (RFC 9370 §2.2.1), strongSwan 6's `ke1_mlkem768`: ADDKE1..7 are Transform Types 6..12,
+# `keN_none` makes type N optional (the NONE transform, ID 0). ML-KEM-512 (category 1) is left out on purpose.
+ADDKE_SLOTS = 7
+_ADDKE_METHODS = {"mlkem768": KeId.ML_KEM_768, "mlkem1024": KeId.ML_KEM_1024, "none": KeId.NONE}
+_ADDKE: list[dict[str, KeId]] = [{f"ke{n}_{name}": m for name, m in _ADDKE_METHODS.items()}
+                                 for n in range(1, ADDKE_SLOTS + 1)]
+_ADDKE_RE = re.compile(r"ke([0-9]+)_([a-z0-9]+)")
 
 # Algorithms that belong to another kind of proposal: answered with where they go.
 _PRF_ELSEWHERE = {t: f"{t!r} is a PRF, which only IKE proposals (proposals = [...]) have" for t in _PRF}
@@ -195,9 +200,12 @@ def _unknown(token: str, tables: dict[str, dict], refused: dict[str, str],
         return ProposalError(f"{token}: {refused[token]}")
     if token in elsewhere:
         return ProposalError(elsewhere[token])
-    if m := _ADDKE_RE.fullmatch(token):
-        return ProposalError(f"{token}: not yet supported: additional key exchanges (RFC 9370, here number "
-                             f"{m[1]}: {m[2]}) are not implemented; remove it")
+    if _ADDKE_RE.fullmatch(token):
+        if any(token in table for table in _ADDKE):
+            return ProposalError(f"{token}: additional key exchanges belong in IKE proposals only: child SAs "
+                                 f"would need IKE_FOLLOWUP_KE (RFC 9370 §2.2.4), which is not implemented")
+        return ProposalError(f"{token}: additional key exchanges (RFC 9370) are ke1_ to ke{ADDKE_SLOTS}_ with "
+                             f"{', '.join(_ADDKE_METHODS)}")
     # A typo is the likely cause: name the closest algorithm, then every valid one by transform type.
     close = difflib.get_close_matches(token, [name for table in tables.values() for name in table], n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -299,13 +307,14 @@ def parse_child(s: str, protocol: Protocol) -> list[ChildProposal]:
     return [ChildProposal(protocol, t, ke) for t, ke in product(transforms, groups)]
 
 
-_IKE_TABLES = {"encryption": _IKE_ENCR, "integrity": _INTEG, "PRF": _PRF, "key exchange": _KE}
+_IKE_TABLES = {"encryption": _IKE_ENCR, "integrity": _INTEG, "PRF": _PRF, "key exchange": _KE,
+               **{f"additional key exchange {n}": table for n, table in enumerate(_ADDKE, 1)}}
 
 
 def parse_ike(s: str) -> list[IkeProposal]:
     """An IKE SA proposal with its alternatives: ``aes256gcm16-prfsha384-x25519``, ``aes128-sha256-modp3072``."""
     found = _classify(s, "IKE", _IKE_TABLES, _IKE_REFUSED, _ESN_ELSEWHERE)
-    encrs, integs, prfs, groups = (found[k] for k in _IKE_TABLES)
+    encrs, integs, prfs, groups = (found[k] for k in list(_IKE_TABLES)[:4])
     if not encrs:
         raise ProposalError(f"IKE proposal {s!r} has no encryption algorithm; e.g. aes256gcm16-prfsha384-x25519")
     if not groups:
@@ -323,9 +332,27 @@ def parse_ike(s: str) -> list[IkeProposal]:
                             f"(or use an AEAD cipher such as aes256gcm16 with a PRF)")
     integ_ids = [_INTEG[i] for i in integs] or [None]
     prf_ids = [_PRF[p] for p in prfs] or list(dict.fromkeys(_PRF_OF_INTEG[i] for i in integ_ids if i))
-    return [IkeProposal(encr=EncrId(_ENCR[e][0]), encr_key_bits=_ENCR[e][1],
-                        integ=IntegId(i) if i is not None else None, prf=prf, ke=_KE[g])
-            for e, i, prf, g in product(encrs, integ_ids, prf_ids, groups)]
+    proposals = [IkeProposal(encr=EncrId(_ENCR[e][0]), encr_key_bits=_ENCR[e][1],
+                             integ=IntegId(i) if i is not None else None, prf=prf, ke=_KE[g], addke=addke)
+                 for e, i, prf, g, addke in product(encrs, integ_ids, prf_ids, groups, _addke_choices(found))]
+    return list(dict.fromkeys(proposals))  # `ke1_none` alone adds nothing: the same proposal twice
+
+
+def _addke_choices(found: dict[str, list[str]]) -> list[tuple[int, ...]]:
+    """Every combination of the additional key exchanges named, as IkeProposal.addke tuples (no trailing NONE),
+    the first-named methods first: `ke1_mlkem768-ke1_none` is (36,) then ()."""
+    slots = []
+    for n, table in enumerate(_ADDKE, 1):
+        tokens = found[f"additional key exchange {n}"]
+        slots.append([int(table[t]) for t in tokens] or [int(KeId.NONE)])
+    choices = [tuple(combo) for combo in product(*slots)]
+    return list(dict.fromkeys(_strip_none(c) for c in choices))
+
+
+def _strip_none(addke: tuple[int, ...]) -> tuple[int, ...]:
+    while addke and addke[-1] == KeId.NONE:
+        addke = addke[:-1]
+    return addke
 
 
 _ENCR_NAMES = {Encr.AES_CBC: "aes{bits}", Encr.AES_GCM_16: "aes{bits}gcm16",
@@ -356,13 +383,16 @@ def format_child(p: ChildProposal) -> str:
 
 
 def format_ike(p: IkeProposal) -> str:
-    """``aes256gcm16-prfsha384-x25519``; the PRF is left out when the integrity algorithm implies it."""
+    """``aes256gcm16-prfsha384-x25519[-ke1_mlkem768]``; the PRF is left out when the integrity algorithm
+    implies it."""
     parts = [_ENCR_NAMES[Encr(p.encr)].format(bits=p.encr_key_bits)]
     if p.integ is not None:
         parts.append(_INTEG_NAMES[Integ(p.integ)])
     if p.integ is None or _PRF_OF_INTEG[Integ(p.integ)] != p.prf:
         parts.append(_PRF_NAMES[PrfId(p.prf)])
     parts.append(_KE_NAMES[KeId(p.ke)])
+    names = {m: name for name, m in _ADDKE_METHODS.items()}
+    parts += [f"ke{n}_{names[KeId(m)]}" for n, m in enumerate(p.addke, 1) if m != KeId.NONE]
     return "-".join(parts)
 
 

@@ -196,8 +196,8 @@ IKE_REFUSED = [
     ("aes128gcm8-prfsha256-x25519", ["8-octet ICV", "RFC 8247 §2.1", "aes128gcm16"]),
     ("aes256gcm12-prfsha256-x25519", ["12-octet ICV", "aes256gcm16"]),
     ("null-sha256-x25519", ["ENCR_NULL is not allowed for IKEv2"]),
-    ("aes128-sha256-x25519-ke1_mlkem768", ["ke1_mlkem768", "not yet supported", "RFC 9370"]),
-    ("aes128-sha256-mlkem768", ["not yet supported", "ML-KEM-768"]),
+    ("aes128-sha256-x25519-ke8_mlkem768", ["ke8_mlkem768", "ke1_ to ke7_"]),
+    ("aes128-sha256-mlkem768", ["ML-KEM-768", "x25519-ke1_mlkem768"]),
     ("aes128gcm16-x25519", ["AEAD cipher", "name one", "aes128gcm16-prfsha256-x25519"]),
     ("aes128gcm16-sha256-prfsha256-x25519", ["AEAD", "remove 'sha256'"]),
     ("aes128gcm16-aes128-sha256-x25519", ["mixes AEAD ciphers", "write two proposals"]),
@@ -252,7 +252,7 @@ def test_child_valid(text, protocol, expected):
     ("aes128gcm16-modp1024", Protocol.ESP, ["modp1024", "'SHOULD NOT'", "RFC 8247 §2.4"]),
     ("aes128-sha1-x25519", Protocol.ESP, ["sha1", "RFC 8221 §6"]),
     ("aes128gcm16-prfsha256", Protocol.ESP, ["'prfsha256' is a PRF", "only IKE proposals"]),
-    ("aes128gcm16-x25519-ke1_mlkem768", Protocol.ESP, ["not yet supported"]),
+    ("aes128gcm16-x25519-ke1_mlkem768", Protocol.ESP, ["IKE_FOLLOWUP_KE"]),
     ("aes128gcm16-x25519", Protocol.AH, ["AH does not encrypt"]),
 ])
 def test_child_refused(text, protocol, fragments):
@@ -285,12 +285,13 @@ def test_every_ike_proposal_round_trips_through_its_name(p):
 
 def test_an_unknown_name_lists_every_valid_one_by_type():
     """The message is the reference: each accepted token appears under its transform type, nothing else does."""
-    from xdpsec.proposals import _ENCR, _ESN, _IKE_ENCR, _INTEG, _KE, _PRF
+    from xdpsec.proposals import _ADDKE, _ENCR, _ESN, _IKE_ENCR, _INTEG, _KE, _PRF
     with pytest.raises(ProposalError) as e:
         parse_ike("rot13-prfsha256-x25519")
     listed = dict(part.split(": ", 1) for part in str(e.value).split("valid names are ")[1].split("; "))
     assert {kind: value.split(", ") for kind, value in listed.items()} == {
-        "encryption": list(_IKE_ENCR), "integrity": list(_INTEG), "PRF": list(_PRF), "key exchange": list(_KE)}
+        "encryption": list(_IKE_ENCR), "integrity": list(_INTEG), "PRF": list(_PRF), "key exchange": list(_KE),
+        **{f"additional key exchange {n}": list(t) for n, t in enumerate(_ADDKE, 1)}}
     with pytest.raises(ProposalError) as e:
         parse_esp("rot13-sha256")
     listed = dict(part.split(": ", 1) for part in str(e.value).split("valid names are ")[1].split("; "))

@@ -25,6 +25,16 @@ class DpdAction(enum.Enum):
     TRAP = "trap"        # tear down and wait for traffic
 
 
+class Fragmentation(enum.Enum):
+    """swanctl.conf's `fragmentation` (RFC 7383). Fragments a peer sends are accepted whatever this says, as
+    strongSwan does: it only decides what we announce (§2.3) and whether we send fragments."""
+
+    YES = "yes"        # announce; fragment our oversized messages when the peer announced it too
+    ACCEPT = "accept"  # announce, but never send fragments ourselves
+    FORCE = "force"    # strongSwan: IKEv1 only (fragments even the first message); for IKEv2 the same as yes
+    NO = "no"          # do not announce, so the peer never fragments towards us
+
+
 class AuthMethod(enum.Enum):
     PSK = "psk"
     PUBKEY = "pubkey"  # certificates: RSA (PKCS#1 v1.5 / PSS), ECDSA, Ed25519, via RFC 7427 when the peer supports it
@@ -32,13 +42,16 @@ class AuthMethod(enum.Enum):
 
 @dataclass(frozen=True)
 class IkeProposal:
-    """One IKE SA proposal, strongSwan syntax `aes256gcm16-prfsha384-x25519`. IDs are IKEv2 transform IDs."""
+    """One IKE SA proposal, strongSwan syntax `aes256gcm16-prfsha384-x25519[-ke1_mlkem768]`. IDs are IKEv2 transform IDs."""
 
     encr: int                 # ENCR_* (RFC 7296 §3.3.2 / IANA)
     encr_key_bits: int        # 128 / 256 (0 for ciphers with a fixed key size, e.g. ChaCha20-Poly1305 -> 256)
     integ: int | None         # AUTH_* or None for AEAD
     prf: int                  # PRF_*
     ke: int                   # key exchange group (Transform Type 4)
+    # RFC 9370 additional key exchanges: addke[i] is the method of ADDKE(i+1) (Transform Type 6 + i), 0 (NONE)
+    # for a skipped type; no trailing zeros, so a classic proposal has (). Run over IKE_INTERMEDIATE.
+    addke: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,3 +141,5 @@ class IkeConnConfig:
     retransmit_tries: int = 5
     keyingtries: int = 1
     lifetime: Lifetime = IKE_LIFETIME          # rekey_time/over_time/rand_time of the IKE SA (bytes unused)
+    fragmentation: Fragmentation = Fragmentation.YES  # RFC 7383 IKE fragmentation (swanctl's key)
+    fragment_size: int = 0                    # max IP datagram of a fragment; 0: 576 (IPv4), 1280 (IPv6)

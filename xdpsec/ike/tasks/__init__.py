@@ -28,11 +28,15 @@ class Status(enum.Enum):
 
 
 class Inbound:
-    """The payloads of one received message (decrypted), with lookups by type."""
+    """The payloads of one received message (decrypted), with lookups by type. `aad` (the message up to the SK
+    payload's header) and `plain` (the inner payloads as sent) are kept for IKE_INTERMEDIATE (RFC 9242 §3.3.2)."""
 
-    def __init__(self, msg: wire.Message, payloads: tuple[wire.Payload, ...]):
+    def __init__(self, msg: wire.Message, payloads: tuple[wire.Payload, ...], aad: bytes = b"",
+                 plain: bytes = b""):
         self.msg = msg
         self.payloads = payloads
+        self.aad = aad
+        self.plain = plain
 
     def all(self, ptype: int) -> list:
         return [p.body for p in self.payloads if p.type == ptype]
@@ -95,11 +99,14 @@ def responder_tasks(ike: IkeSA, exchange: ExchangeType, inbound: Inbound) -> lis
     from xdpsec.ike.tasks.child_rekey import ChildRekey
     from xdpsec.ike.tasks.ike_auth import IkeAuth
     from xdpsec.ike.tasks.ike_init import IkeInit
+    from xdpsec.ike.tasks.ike_intermediate import IkeIntermediate
     from xdpsec.ike.tasks.ike_rekey import IkeRekey
     from xdpsec.ike.tasks.informational import Informational
 
     if exchange == ExchangeType.IKE_SA_INIT:
         return [IkeInit(ike, initiator=False)]
+    if exchange == ExchangeType.IKE_INTERMEDIATE:
+        return [IkeIntermediate(ike, initiator=False)]
     if exchange == ExchangeType.IKE_AUTH:
         return [IkeAuth(ike, initiator=False), ChildCreate(ike, initiator=False, in_ike_auth=True)]
     if exchange == ExchangeType.CREATE_CHILD_SA:

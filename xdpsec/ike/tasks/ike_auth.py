@@ -28,6 +28,7 @@ from xdpsec.ike.conf import AuthMethod
 from xdpsec.ike.consts import AuthMethodId, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType
 from xdpsec.ike.events import Failure, IkeUp
 from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, payload
+from xdpsec.ike.tasks.ike_intermediate import int_auth, pending
 
 
 def id_body(ident: wire.ID) -> bytes:
@@ -58,13 +59,15 @@ class IkeAuth(Task):
         return wire.ID(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed)
 
     def _signed_octets(self, of_initiator: bool, ident: wire.ID) -> bytes:
-        """§2.15: InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, IDi'), and the responder's the
-        mirror image. We sign our own side's and verify the peer's."""
+        """§2.15: InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, IDi') [| IntAuth], and the
+        responder's the mirror image. We sign our own side's and verify the peer's. IntAuth covers the
+        IKE_INTERMEDIATE exchanges, if any (RFC 9242 §3.3.2, tasks/ike_intermediate.py); SK_p are then the keys
+        after the last additional key exchange."""
         ike = self.ike
         keys, prf = ike.crypto.keys, ike.crypto.proposal.prf
         if of_initiator:
-            return signed_octets(ike.init_request, ike.nr, prf, keys.sk_pi, id_body(ident))
-        return signed_octets(ike.init_response, ike.ni, prf, keys.sk_pr, id_body(ident))
+            return signed_octets(ike.init_request, ike.nr, prf, keys.sk_pi, id_body(ident)) + int_auth(ike)
+        return signed_octets(ike.init_response, ike.ni, prf, keys.sk_pr, id_body(ident)) + int_auth(ike)
 
     def _my_auth(self, ident: wire.ID) -> wire.Auth:
         """AUTH over InitiatorSignedOctets / ResponderSignedOctets (§2.15). Raises AuthError."""
@@ -161,6 +164,10 @@ class IkeAuth(Task):
         ike = self.ike
         ident, auth, certs = self._peer(inbound)
         if not self.initiator:
+            if pending(ike):
+                # RFC 9370 §2.2.2: every negotiated key exchange precedes IKE_AUTH; skipping one would leave
+                # the SA with classic keys only.
+                raise wire.IkeError(NotifyType.INVALID_SYNTAX, "IKE_AUTH before the additional key exchanges")
             if ident is None or auth is None:
                 raise wire.IkeError(NotifyType.INVALID_SYNTAX, "IKE_AUTH without IDi or AUTH")
             reason = self._verify(ident, auth, certs)

@@ -19,16 +19,18 @@ import hashlib
 from xdpsec.crypto.auth import SUPPORTED_HASHES, TrustStore
 from xdpsec.crypto.dh import KeyExchangeError, new_key_exchange
 from xdpsec.ike import wire
-from xdpsec.ike.conf import AuthMethod
+from xdpsec.ike.conf import AuthMethod, Fragmentation
 from xdpsec.ike.consts import CertEncoding, ExchangeType, NotifyType, PayloadType, ProtocolId
 from xdpsec.ike.events import Failure
 from xdpsec.ike.keys import derive_ike_keys
-from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, payload
+from xdpsec.ike.tasks import Inbound, Status, Task, ike_intermediate, notify, notify_name, payload
 from xdpsec.ike.tasks.proposal import accept, answer, ike_offer, ike_suite, select
 
 #: Our nonce length: 32 octets, at least half the PRF key size for every PRF we offer (§2.10).
 NONCE_LEN = 32
 NONCE_MIN, NONCE_MAX = 16, 256  # §3.9
+#: Fresh cookies we follow before giving up: a responder (or whoever spoofs it) must not keep us looping (§2.6).
+COOKIE_TRIES = 3
 
 
 def nat_hash(ispi: int, rspi: int, addr, port: int) -> bytes:
@@ -50,7 +52,9 @@ class IkeInit(Task):
         self.group = ike.conn.proposals[0].ke if initiator else 0
         self.kex = None
         self.cookie = b""    # §2.6: echoed in front of everything once the responder asked for it
+        self.cookie_tries = 0
         self.chosen = None   # (our IkeProposal, the peer's wire.Proposal) on the responder
+        self.intermediate = False  # responder: the initiator sent INTERMEDIATE_EXCHANGE_SUPPORTED
 
     # --- shared ---------------------------------------------------------------------------------------------
 
@@ -80,6 +84,7 @@ class IkeInit(Task):
             ike.peer_hash_algorithms = tuple(int.from_bytes(sha.data[i:i + 2], "big")
                                              for i in range(0, len(sha.data) - 1, 2))
         ike.peer_certreq = bool(inbound.all(PayloadType.CERTREQ))
+        ike.peer_fragmentation = inbound.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
 
     def _wants_sig_hashes(self) -> bool:
         conn = self.ike.conn
@@ -93,6 +98,7 @@ class IkeInit(Task):
                                ike.ni, ike.nr, shared, ike.ispi, ike.rspi)
         ike.crypto = Crypto.create(proposal, keys, ike.initiator)
         ike.state = State.CONNECTING
+        ike_intermediate.start(ike, proposal)  # RFC 9370: additional key exchanges before IKE_AUTH
 
     # --- initiator ------------------------------------------------------------------------------------------
 
@@ -106,15 +112,20 @@ class IkeInit(Task):
         ike = self.ike
         if self.kex is None or self.kex.group != self.group:
             self.kex = new_key_exchange(self.group)
-        ike.ni = ike.services.rng(NONCE_LEN)
+        if not ike.ni:  # §2.6: a retry carries "all other payloads unchanged"; the cookie covers Ni
+            ike.ni = ike.services.rng(NONCE_LEN)
         if self.cookie:
             out.append(notify(NotifyType.COOKIE, self.cookie))  # §2.6: the first payload
         out += [payload(PayloadType.SA, ike_offer(ike.conn.proposals)),
                 payload(PayloadType.KE, wire.KE(self.group, self.kex.public())),
                 payload(PayloadType.NONCE, wire.Nonce(ike.ni))]
         self._nat_notifies(out, 0)
+        if ike.conn.fragmentation != Fragmentation.NO:
+            out.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))  # RFC 7383 §2.3
         if self._wants_sig_hashes():
             out.append(sig_hash_notify())
+        if any(p.addke for p in ike.conn.proposals):
+            out.append(notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))  # RFC 9370 §2.2.1, RFC 9242 §3
 
     def process(self, inbound: Inbound) -> Status:
         if not self.initiator:
@@ -130,8 +141,11 @@ class IkeInit(Task):
     def _process_response(self, inbound: Inbound) -> Status:
         ike = self.ike
         cookie = inbound.notify(NotifyType.COOKIE)
-        if cookie is not None and not self.cookie and 1 <= len(cookie.data) <= 64:
-            self.cookie = cookie.data  # §2.6: the responder is under load; ask again with its cookie
+        if cookie is not None and cookie.data != self.cookie and 1 <= len(cookie.data) <= 64 \
+                and self.cookie_tries < COOKIE_TRIES:
+            # §2.6: the responder is under load; ask again with its cookie (a fresh one if ours had expired).
+            self.cookie, self.cookie_tries = cookie.data, self.cookie_tries + 1
+            ike.services.count("cookie_retry")
             ike.rspi = 0
             ike.reset_message_ids()
             return Status.RETRY
@@ -148,6 +162,8 @@ class IkeInit(Task):
         if chosen is None:
             return self._fail("responder chose a proposal we did not offer")
         proposal = chosen[0]
+        if proposal.addke and inbound.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
+            return self._fail("responder chose additional key exchanges but cannot run IKE_INTERMEDIATE")
         if ke.group != self.group or proposal.ke != self.group:
             return self._fail(f"responder answered with group {ke.group}, we sent {self.group}")
         if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
@@ -186,7 +202,10 @@ class IkeInit(Task):
             raise wire.IkeError(NotifyType.INVALID_SYNTAX, "IKE_SA_INIT without SA, KE or Nonce")
         if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
             raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"nonce of {len(nonce.data)} octets")
-        chosen = select(sa, ike.conn.proposals, ike_suite, ProtocolId.IKE)
+        # RFC 9370 §2.2.1: additional key exchanges only with a peer that can run IKE_INTERMEDIATE (RFC 9242 §3).
+        self.intermediate = inbound.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+        ours = [p for p in ike.conn.proposals if self.intermediate or not p.addke]
+        chosen = select(sa, ours, ike_suite, ProtocolId.IKE)
         if chosen is None:
             raise wire.IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no proposal in common")
         proposal = chosen[0]
@@ -212,9 +231,13 @@ class IkeInit(Task):
                 payload(PayloadType.KE, wire.KE(mine.ke, self.kex.public())),
                 payload(PayloadType.NONCE, wire.Nonce(ike.nr))]
         self._nat_notifies(out, ike.rspi)
+        if ike.peer_fragmentation and ike.conn.fragmentation != Fragmentation.NO:
+            out.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))  # RFC 7383 §2.3: only if asked
         remote = ike.conn.remote
         if remote.method == AuthMethod.PUBKEY and remote.cacerts:
             out.append(payload(PayloadType.CERTREQ, wire.CertReq(CertEncoding.X509_SIGNATURE,
                                                                  TrustStore(remote.cacerts).certreq_hashes())))
         if self._wants_sig_hashes():
             out.append(sig_hash_notify())
+        if self.intermediate:
+            out.append(notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))  # RFC 9242 §3: we support it too

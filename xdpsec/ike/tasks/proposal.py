@@ -4,21 +4,34 @@ Our configuration holds concrete proposals (one algorithm per transform type). A
 alternatives per type. As responder we take our proposals in our order of preference and accept the first
 that the peer offers, answering with exactly one transform per type and the peer's proposal number (§3.3.6:
 "the responder MUST choose a single suite"). As initiator we check that the answer is one of our proposals,
-exactly. INTEG NONE (§3.3.3) and an absent ESN transform count as "no integrity" / "no ESN".
+exactly. An absent ESN transform counts as "no ESN"; for the types that have a NONE transform (INTEG §3.3.3,
+KE, and RFC 9370's ADDKE1..7, §2.2.1) an absent type and the NONE transform mean the same, so a peer offering
+`ke1_mlkem768-ke1_none` matches our classic proposal as well as our hybrid one.
+
+IKE rekeys (an IKE proposal with an SPI) carry no additional key exchanges: they would need IKE_FOLLOWUP_KE
+(RFC 9370 §2.2.4), which is not implemented. Our hybrid proposals are offered and matched there with their
+classic transforms only (the new IKE SA has a classic key exchange); a peer insisting on ADDKE in a rekey gets
+NO_PROPOSAL_CHOSEN and the old SA lives on until it expires.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from xdpsec.ike import wire
 from xdpsec.ike.conf import ChildProposal, IkeProposal
-from xdpsec.ike.consts import EncrId, EsnId, IntegId, KeId, ProtocolId, TransformType
+from xdpsec.ike.consts import EncrId, EsnId, ProtocolId, TransformType
 from xdpsec.sa import Protocol
 
 #: Ciphers with one key size announce no Key Length attribute (RFC 7634 §3).
 _FIXED_KEY = frozenset({EncrId.CHACHA20_POLY1305, EncrId.NULL})
 _PROTOCOL = {Protocol.ESP: ProtocolId.ESP, Protocol.AH: ProtocolId.AH}
+#: Key exchange transform types: KE and RFC 9370's ADDKE1..ADDKE7 (Transform Types 6..12).
+KE_TYPES = frozenset({TransformType.KE, *range(TransformType.ADDKE1, TransformType.ADDKE7 + 1)})
+#: Types whose NONE transform (ID 0) equals leaving the type out.
+_OPTIONAL = KE_TYPES | {TransformType.INTEG}
+_NONE = (0, None)
 
 Suite = tuple[wire.Transform, ...]
 
@@ -32,6 +45,7 @@ def ike_suite(p: IkeProposal) -> Suite:
     if p.integ is not None:
         t.append(wire.Transform(TransformType.INTEG, p.integ))
     t.append(wire.Transform(TransformType.KE, p.ke))
+    t += [wire.Transform(TransformType.ADDKE1 + i, m) for i, m in enumerate(p.addke) if m]
     return tuple(t)
 
 
@@ -48,9 +62,22 @@ def child_suite(p: ChildProposal, pfs: bool = True) -> Suite:
 
 
 def ike_offer(proposals: Sequence[IkeProposal], spi: bytes = b"") -> wire.SA:
-    """Our IKE proposals; `spi` is empty in IKE_SA_INIT and the new SA's 8-octet SPI in a rekey (§3.3.1)."""
+    """Our IKE proposals; `spi` is empty in IKE_SA_INIT and the new SA's 8-octet SPI in a rekey (§3.3.1),
+    where they go without additional key exchanges (module docstring)."""
+    if spi:
+        proposals = list(dict.fromkeys(classic(p) for p in proposals))
     return wire.SA(tuple(wire.Proposal(i + 1, ProtocolId.IKE, spi, ike_suite(p))
                          for i, p in enumerate(proposals)))
+
+
+def classic(p: IkeProposal) -> IkeProposal:
+    """The proposal without its additional key exchanges."""
+    return replace(p, addke=()) if p.addke else p
+
+
+def _for(mine, theirs: wire.Proposal):
+    """Our proposal as it can be matched against `theirs`: classic in an IKE rekey (module docstring)."""
+    return classic(mine) if theirs.protocol == ProtocolId.IKE and theirs.spi else mine
 
 
 def child_offer(proposals: Sequence[ChildProposal], spi: int, pfs: bool) -> wire.SA:
@@ -62,18 +89,15 @@ def without_ke(sa: wire.SA) -> wire.SA:
     """The offer with KE transforms dropped: in IKE_AUTH a child SA uses the IKE SA's key exchange
     (§1.2), so groups an initiator lists there mean nothing (strongSwan strips them the same way)."""
     return wire.SA(tuple(wire.Proposal(p.num, p.protocol, p.spi,
-                                       tuple(t for t in p.transforms if t.type != TransformType.KE))
+                                       tuple(t for t in p.transforms if t.type not in KE_TYPES))
                          for p in sa.proposals))
 
 
 def _offered(p: wire.Proposal) -> dict[int, set[tuple[int, int | None]]]:
-    """The peer's alternatives per transform type, with the "nothing" transforms left out."""
+    """The peer's alternatives per transform type; an optional type left out offers only NONE."""
     out: dict[int, set[tuple[int, int | None]]] = {}
     for t in p.transforms:
-        if (t.type == TransformType.INTEG and t.id == IntegId.NONE) or (t.type == TransformType.KE
-                                                                        and t.id == KeId.NONE):
-            continue
-        out.setdefault(t.type, set()).add((t.id, t.key_length))
+        out.setdefault(t.type, set()).add(_NONE if t.type in _OPTIONAL and t.id == 0 else (t.id, t.key_length))
     if p.protocol in (ProtocolId.ESP, ProtocolId.AH) and TransformType.ESN not in out:
         out[TransformType.ESN] = {(EsnId.NO_ESN, None)}
     return out
@@ -81,12 +105,16 @@ def _offered(p: wire.Proposal) -> dict[int, set[tuple[int, int | None]]]:
 
 def _fits(suite: Suite, offered: dict[int, set[tuple[int, int | None]]]) -> bool:
     wanted = {t.type: (t.id, t.key_length) for t in suite}
-    return wanted.keys() == offered.keys() and all(wanted[k] in offered[k] for k in wanted)
+    for ttype in wanted.keys() | offered.keys():
+        none = {_NONE} if ttype in _OPTIONAL else set()
+        if wanted.get(ttype, _NONE) not in offered.get(ttype, none):
+            return False
+    return True
 
 
 def _exact(suite: Suite, p: wire.Proposal) -> bool:
     """Is the answered proposal exactly this suite: one transform per type (§3.3.6)?"""
-    types = [t.type for t in p.transforms if not (t.type == TransformType.INTEG and t.id == IntegId.NONE)]
+    types = [t.type for t in p.transforms]
     return len(types) == len(set(types)) and _fits(suite, _offered(p))
 
 
@@ -95,8 +123,8 @@ def select(offer: wire.SA, ours: Sequence, suite, protocol: ProtocolId | None = 
     for mine in ours:
         for theirs in offer.proposals:
             want = protocol if protocol is not None else _PROTOCOL[mine.protocol]
-            if theirs.protocol == want and _fits(suite(mine), _offered(theirs)):
-                return mine, theirs
+            if theirs.protocol == want and _fits(suite(_for(mine, theirs)), _offered(theirs)):
+                return _for(mine, theirs), theirs
     return None
 
 
@@ -111,6 +139,6 @@ def accept(reply: wire.SA, ours: Sequence, suite, protocol: ProtocolId | None = 
     theirs = reply.proposals[0]
     for mine in ours:
         want = protocol if protocol is not None else _PROTOCOL[mine.protocol]
-        if theirs.protocol == want and _exact(suite(mine), theirs):
-            return mine, theirs
+        if theirs.protocol == want and _exact(suite(_for(mine, theirs)), theirs):
+            return _for(mine, theirs), theirs
     return None

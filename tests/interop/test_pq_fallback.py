@@ -1,0 +1,93 @@
+"""A hybrid post-quantum proposal list against strongSwan 5.9, which knows neither RFC 9370 nor ML-KEM.
+
+xdpsec on gwA offers `aes128gcm16-prfsha256-x25519-ke1_mlkem768-ke1_none`, which expands to two proposals, the
+hybrid one first (SA proposal 1 with an ADDKE1 = ML-KEM-768 transform, Transform Type 6) and the classic one
+(proposal 2), plus N(INTERMEDIATE_EXCHANGE_SUPPORTED). charon on gwB is configured with the classic proposal
+only. Whoever initiates, the IKE SA must come up on the classic proposal with no IKE_INTERMEDIATE exchange,
+and the tunnel must carry traffic:
+
+* xdpsec initiates: charon parses an SA payload with a transform type it does not know; RFC 7296 §3.3.6 has it
+  skip that proposal and choose the next.
+* charon initiates: it offers only classic transforms; xdpsec's hybrid proposal does not fit them (ADDKE1 has
+  no NONE there), its classic one does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import pytest
+
+from xdpsec.labconf import MARKER, Gateways, PairSpec, render_ike, site_sides, wire_report
+from xdpsec.labswan import SwanError, start_charon, swanctl_conn
+
+pytestmark = pytest.mark.interop
+
+XDPSEC_IKE = "aes128gcm16-prfsha256-x25519-ke1_mlkem768-ke1_none"  # = [hybrid, classic]
+SWAN_IKE = "aes128gcm16-prfsha256-x25519"
+ESP = "aes128gcm16"
+
+
+def _wait(pred, timeout=20.0, step=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+@pytest.fixture
+def fallback(swan_lab, tmp_path):
+    started = []
+
+    def up(xdpsec_initiates: bool):
+        lab = swan_lab
+        spec = PairSpec(mode="tunnel", proposal=ESP, keying="ike", ike_proposal=XDPSEC_IKE, workers=1)
+        a, b = site_sides(lab, workers=spec.workers)
+        psk = secrets.token_urlsafe(24)
+        text = render_ike(a, spec, initiator=xdpsec_initiates, state_dir=str(tmp_path / "state"), psk=psk)
+        path = tmp_path / f"{a.instance}.toml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        conf = swanctl_conn("lab", local_addrs=[b.local_addr], remote_addrs=[b.remote_addr], local_ts=b.local_ts,
+                            remote_ts=b.remote_ts, auth="psk", proposals=SWAN_IKE, esp_proposals=ESP,
+                            mode="tunnel", local_id=b.local_addr, remote_id=b.remote_addr, psk=psk.encode())
+        charon = start_charon(lab, "gwB", conf)
+        gws = Gateways(lab)
+        gws.start("gwA", path, a.instance)
+        started.append((gws, charon))
+        gws.wait_ready()
+        if not xdpsec_initiates:
+            try:
+                charon.initiate("net")
+            except SwanError as e:
+                raise SwanError(f"{e}\n--- xdpsec on gwA:\n{gws.log('gwA')}") from e
+        return lab, gws, charon
+
+    yield up
+    for gws, charon in started:
+        charon.stop()
+        codes = gws.stop()
+        assert all(c == 0 for c in codes.values()), (codes, gws.log("gwA"))
+
+
+@pytest.mark.parametrize("xdpsec_initiates", [True, False], ids=["xdpsec-initiates", "strongswan-initiates"])
+def test_pq_list_falls_back_to_classic_with_strongswan(fallback, xdpsec_initiates):
+    lab, gws, charon = fallback(xdpsec_initiates)
+    rows = _wait(lambda: len(gws.query("gwA", "sas")) == 2 and gws.query("gwA", "sas"))
+    assert rows, (gws.log("gwA"), charon.log()[-4000:])
+    (ike,) = gws.query("gwA", "ike-sas")
+    assert ike["state"] == "established" and ike["algorithms"]["addke"] == [], ike
+    swan_ike = charon.list_sas()["lab"]
+    assert swan_ike["state"] == "ESTABLISHED" and swan_ike["dh-group"] == "CURVE_25519", swan_ike
+    assert "IKE_INTERMEDIATE" not in charon.log()
+    dst = lab.addr["hostB"]["v4"]
+    cap = lab.capture("wire", "br0")
+    assert lab.ping("hostA", dst, count=4, timeout=8).received >= 3
+    lab.run("hostA", "ping", "-c", "1", "-W", "1", "-p", MARKER.hex(), dst, check=False)
+    seen = wire_report(cap.stop(), lab.addr["gwA"]["wan_v4"], lab.addr["gwB"]["wan_v4"])
+    assert seen["esp"] >= 6 and seen["marker"] == 0, seen
