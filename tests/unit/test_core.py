@@ -11,11 +11,13 @@ import ipaddress
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import ICMP, IP, UDP, Ether, ICMPv6PacketTooBig, IPv6, Raw, defragment
 
 from xdpsec.abi import DropReason, Kind
 from xdpsec.dataplane.core import PacketCore, Port, Route
-from xdpsec.sa import Direction, Encr, Mode, Protocol, SAParams, TrafficSelector, Transform
+from xdpsec.sa import Direction, Encr, Mode, Protocol, SAParams, TrafficSelector, Transform, UdpEncap
 
 A_LAN, A_WAN, B_WAN, B_LAN = (bytes.fromhex(m) for m in ("02000000000a", "02000000000b", "02000000000c",
                                                          "02000000000d"))
@@ -190,3 +192,111 @@ def test_update_keeps_sequence_numbers_and_replay_window(gateways):
     (_, after), = a.process(0, frame, Kind.PROTECT, 1, 14)
     assert Ether(after)[IP].dst == "192.0.2.99" and Ether(after)[ESP].seq == 4  # 1-3 are never used again
     assert b.process(1, sent[1], Kind.ESP, 2, 14) == [] and b.drops[DropReason.REPLAY] == 1
+
+
+# --- the in-place path (xdpsec/dataplane/inplace.py) against the general path ---------------------------------
+# The general path (`process`, on bytes) is the reference: for every packet the in-place path takes, what it
+# sends must be byte for byte what the general path sends, with the same counters; for every packet it declines
+# it must have changed nothing. Two identical gateway pairs (same keys, same state) run side by side.
+
+FRAME = 2048
+HEADROOM = 256
+CHACHA = Transform(Encr.CHACHA20_POLY1305, 256)
+GW_A6, GW_B6 = ipaddress.ip_address("2001:db8:ff::1"), ipaddress.ip_address("2001:db8:ff::2")
+
+
+def in_place(core: PacketCore, slot: int, frame: bytes, kind: int, sa_index: int):
+    """Run `frame` through process_frame as the worker does, from a UMEM-like buffer; (sent frames, took it)."""
+    umem = bytearray(2 * FRAME)
+    addr = FRAME + HEADROOM
+    umem[addr:addr + len(frame)] = frame
+    copies: list = []
+    tx = core.process_frame(slot, memoryview(umem), addr, len(frame), kind, sa_index, 14, copies)
+    if tx is None:
+        return copies, False
+    eslot, start, n = tx
+    assert FRAME <= start and start + n <= 2 * FRAME  # inside the frame it came in
+    return [(eslot, bytes(umem[start:start + n]))] + copies, True
+
+
+def pair(outer: int, encap: bool, esn: bool, transform: Transform, key_ab: bytes, key_ba: bytes):
+    """gwA and gwB as in `gateways`, with a choice of outer family, ESP-in-UDP, ESN and cipher."""
+    gw_a, gw_b = (GW_A, GW_B) if outer == 4 else (GW_A6, GW_B6)
+    t = Transform(transform.encr, transform.encr_key_bits, esn=esn)
+
+    def sa_(direction, local, remote, lts, rts, key, spi):
+        return SAParams(spi=spi, protocol=Protocol.ESP, direction=direction, mode=Mode.TUNNEL, transform=t,
+                        local=local, remote=remote, enc_key=key, local_ts=tuple(map(TrafficSelector, lts)),
+                        remote_ts=tuple(map(TrafficSelector, rts)), replay_window=64,
+                        encap=UdpEncap() if encap else None)
+
+    a = PacketCore(0, {0: Port(0, "lan0", A_LAN, 1500, (ipaddress.ip_address("198.51.100.1"),)),
+                       1: Port(1, "wan0", A_WAN, 1500, (gw_a,))})
+    b = PacketCore(0, {0: Port(0, "lan0", B_LAN, 1500, ()), 1: Port(1, "wan0", B_WAN, 1500, (gw_b,))})
+    a.add_outbound(1, sa_(Direction.OUT, gw_a, gw_b, [NET_A, NET_A6], [NET_B, NET_B6], key_ab, 0x1001))
+    b.add_inbound(2, sa_(Direction.IN, gw_b, gw_a, [NET_B, NET_B6], [NET_A, NET_A6], key_ab, 0x1001))
+    a.set_route(gw_b.packed, Route.make(1, A_WAN, B_WAN, 1500))
+    for dst in ("198.51.100.130", "2001:db8:b::10"):
+        b.set_route(ipaddress.ip_address(dst).packed, Route.make(0, B_LAN, HOST_B, 1500))
+    return a, b
+
+
+def state(core: PacketCore) -> tuple:
+    return (core.rx, core.tx, dict(core.drops), core.dummies,
+            {i: (s.packets, s.bytes, dict(s.drops or {})) for i, s in core.sa_stats.items()},
+            {i: (sa.seq, sa.packets, sa.bytes) for i, sa in core.out.items()},
+            {i: (sa.window.top, sa.window._bits, sa.packets, sa.bytes) for i, sa in core.inb.items()})
+
+
+@settings(max_examples=150, deadline=None)
+@given(outer=st.sampled_from([4, 6]), encap=st.booleans(), esn=st.booleans(),
+       transform=st.sampled_from([GCM128, CHACHA]), inner6=st.booleans(), tos=st.integers(0, 255),
+       df=st.booleans(), size=st.integers(0, 1400), ttl=st.integers(1, 255))
+def test_in_place_sends_exactly_what_the_general_path_sends(outer, encap, esn, transform, inner6, tos, df, size,
+                                                            ttl):
+    keys = os.urandom(transform.enc_key_len), os.urandom(transform.enc_key_len)
+    ref_a, ref_b = pair(outer, encap, esn, transform, *keys)
+    fast_a, fast_b = pair(outer, encap, esn, transform, *keys)
+    payload = Raw(os.urandom(size))
+    if inner6:
+        inner = IPv6(src="2001:db8:a::10", dst="2001:db8:b::10", tc=tos, hlim=ttl) / UDP() / payload
+    else:
+        inner = IP(src="198.51.100.10", dst="198.51.100.130", tos=tos, ttl=ttl, flags="DF" if df else 0) \
+            / UDP() / payload
+    frame = from_host_a(inner)
+    want = ref_a.process(0, frame, Kind.PROTECT, 1, 14)
+    got, took = in_place(fast_a, 0, frame, Kind.PROTECT, 1)
+    assert got == want and state(fast_a) == state(ref_a)
+    # Fits, TTL left, route known, and not IPv6 ESP-in-UDP (needs a UDP checksum): the fast path's own.
+    # RFC 4303 §2: outer IP, UDP (RFC 3948), SPI + sequence, 8-byte IV, payload + trailer to 4 bytes, 16-byte ICV.
+    outer_len = (20 if outer == 4 else 40) + (8 if encap else 0) + 16 + -(-(len(inner) + 2) // 4) * 4 + 16
+    fits = outer_len <= 1500
+    assert took == (fits and ttl > 1 and not (outer == 6 and encap))
+    kind = Kind.ESP_UDP if encap else Kind.ESP
+    for slot, esp in want:
+        if slot != 1:
+            continue  # an ICMP error back to hostA
+        want_in = ref_b.process(1, esp, kind, 2, 14)
+        got_in, _took = in_place(fast_b, 1, esp, kind, 2)
+        assert got_in == want_in and state(fast_b) == state(ref_b)
+
+
+def test_in_place_replay_tamper_and_selectors_are_counted_drops(gateways):
+    a, b = gateways
+    b.set_route(ipaddress.ip_address("198.51.100.130").packed, Route.make(0, B_LAN, HOST_B, 1500))
+    frame = from_host_a(IP(src="198.51.100.10", dst="198.51.100.130") / ICMP())
+    (_, first), = in_place(a, 0, frame, Kind.PROTECT, 1)[0]
+    (_, second), = in_place(a, 0, frame, Kind.PROTECT, 1)[0]
+    (slot, plain), = in_place(b, 1, first, Kind.ESP, 2)[0]
+    assert slot == 0 and Ether(plain)[IP].ttl == 62 and bytes(Ether(plain)[ICMP]) == bytes(Ether(frame)[ICMP])
+    assert in_place(b, 1, first, Kind.ESP, 2) == ([], False)  # replayed
+    assert in_place(b, 1, first, Kind.ESP, 2) == ([], False)
+    tampered = bytearray(second)
+    tampered[-20] ^= 1
+    assert in_place(b, 1, bytes(tampered), Kind.ESP, 2)[0] == []
+    # gwA's policy would never send this, but a peer holding the key could (RFC 4301 §5.2).
+    (_, stray), = in_place(a, 0, from_host_a(IP(src="203.0.113.9", dst="198.51.100.130") / ICMP()),
+                           Kind.PROTECT, 1)[0]
+    assert in_place(b, 1, stray, Kind.ESP, 2)[0] == []
+    assert b.drops == {DropReason.REPLAY: 2, DropReason.AUTH_FAILED: 1, DropReason.SELECTOR_MISMATCH: 1}
+    assert b.sa_stats[2].drops == b.drops and b.sa_stats[2].packets == 1

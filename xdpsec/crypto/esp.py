@@ -95,6 +95,32 @@ class EspCipher:
         iv_key = os.urandom(len(key))
         self._iv_ecb = Cipher(algorithms.AES(iv_key), modes.ECB()).encryptor()
 
+    @property
+    def in_place(self) -> bool:
+        """Whether `seal_in_place`/`open_in_place` work: combined-mode (AEAD) transforms only."""
+        return self._aead is not None
+
+    def seal_in_place(self, aad: bytes | memoryview, iv: bytes, buf: memoryview, start: int, length: int) -> None:
+        """AEAD only: encrypt the padded plaintext `buf[start:start + length]` where it lies and write the ICV
+        right after it. `aad` is what `seal` authenticates (`aad_for`).
+
+        `encrypt_into` (cryptography >= 48) needs an output of exactly length + 16 bytes and accepts the same
+        memory as input and output: GCM and ChaCha20 are stream modes, each output byte depends only on the
+        input byte at the same position and bytes before it, so overwriting as it goes is safe.
+        """
+        self._aead.encrypt_into(self._salt + iv, buf[start:start + length], aad,
+                                buf[start:start + length + AEAD_ICV_LEN])
+
+    def open_in_place(self, aad: bytes | memoryview, iv: bytes, buf: memoryview, start: int, length: int) -> None:
+        """AEAD only: verify and decrypt `buf[start:start + length]` (ciphertext || ICV) where it lies; the
+        plaintext is the first length - 16 bytes. `Drop(AUTH_FAILED)` if the ICV does not verify: the bytes are
+        then garbage and the caller drops the frame (nothing unverified is ever passed on)."""
+        try:
+            self._aead.decrypt_into(self._salt + iv, buf[start:start + length], aad,
+                                    buf[start:start + length - AEAD_ICV_LEN])
+        except InvalidTag:
+            raise Drop(DropReason.AUTH_FAILED) from None
+
     def iv_for(self, seq: int) -> bytes:
         """The IV to send with sequence number `seq` (the full 64-bit counter)."""
         if self._aead is not None:
@@ -165,6 +191,12 @@ class _CbcChain:
 
 def _xor_block(a: bytes | memoryview, b: bytes | memoryview, c: bytes) -> bytes:
     return (int.from_bytes(a) ^ int.from_bytes(b) ^ int.from_bytes(c)).to_bytes(AES_BLOCK)
+
+
+def aad_for(header: bytes | memoryview, seq_hi: bytes) -> bytes | memoryview:
+    """The AAD of an AEAD transform for the 8-byte ESP header `header` (see `_aad`); the header itself,
+    uncopied, without ESN."""
+    return header if not seq_hi else _aad(header, seq_hi)
 
 
 def _aad(header: bytes | memoryview, seq_hi: bytes) -> bytes:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xdpsec.abi import Drop, DropReason, Kind
+from xdpsec.dataplane.inplace import FALLBACK, InPlan, OutPlan
 from xdpsec.esp.mode import InboundSA, OutboundSA, protect, unprotect
 from xdpsec.sa import IPAddress, Mode, SAParams
 from xdpsec.wire import icmp, ip
@@ -92,6 +93,9 @@ class PacketCore:
         self.out: dict[int, OutboundSA] = {}
         self.inb: dict[int, InboundSA] = {}
         self.sa_stats: dict[int, SACounters] = {}
+        # The in-place fast path's per-SA plans (xdpsec/dataplane/inplace.py), for SAs it handles.
+        self._out_plans: dict[int, OutPlan] = {}
+        self._in_plans: dict[int, InPlan] = {}
         self.fib: dict[bytes, Route | None] = {}
         self._requests: dict[bytes, None] = {}  # ordered set
         # next hop -> [(sa index or -1, IP packet, TTL still to be decremented)]
@@ -111,6 +115,7 @@ class PacketCore:
                      reserve: Callable[[OutboundSA], int] | None = None) -> None:
         self.out[index] = OutboundSA(params, next_seq=next_seq, reserve=reserve)
         self.sa_stats[index] = SACounters()
+        self._plan(index)
 
     def add_inbound(self, index: int, params: SAParams, highest_seq: int = 0) -> None:
         sa = InboundSA(params)
@@ -120,6 +125,7 @@ class PacketCore:
             sa.window.restore(highest_seq)
         self.inb[index] = sa
         self.sa_stats[index] = SACounters()
+        self._plan(index)
 
     def update(self, index: int, params: SAParams) -> None:
         """New outer addresses/ports for an SA (the peer moved behind its NAT), same SPI and keys: the sequence
@@ -132,11 +138,23 @@ class PacketCore:
             sa_in = InboundSA(params)
             sa_in.window = old_in.window
             self.inb[index] = sa_in
+        self._plan(index)
 
     def remove(self, index: int) -> None:
         self.out.pop(index, None)
         self.inb.pop(index, None)
         self.sa_stats.pop(index, None)
+        self._plan(index)
+
+    def _plan(self, index: int) -> None:
+        """(Re)build or forget the fast-path plan of SA `index` after any change to it: a plan holds the SA
+        object itself, so it never outlives or shadows the SAD entry."""
+        self._out_plans.pop(index, None)
+        self._in_plans.pop(index, None)
+        if (sa := self.out.get(index)) is not None and (plan := OutPlan.build(sa, index)) is not None:
+            self._out_plans[index] = plan
+        elif (sa_in := self.inb.get(index)) is not None and (plan_in := InPlan.build(sa_in, index)) is not None:
+            self._in_plans[index] = plan_in
 
     # --- next hops -------------------------------------------------------------------------------------------
     def set_route(self, dst: bytes, route: Route | None) -> None:
@@ -198,6 +216,40 @@ class PacketCore:
         held.append((sa_index, pkt, decrement))
 
     # --- packets ---------------------------------------------------------------------------------------------
+    def process_frame(self, slot: int, buf: memoryview, addr: int, length: int, kind: int, sa_index: int,
+                      l3_off: int, out: list, frame_size: int = 2048) -> tuple[int, int, int] | None:
+        """Process the classified frame at buf[addr:addr + length], a UMEM frame of `frame_size` bytes.
+
+        Returns (egress slot, start, length) when the result was built in place in the same frame (the
+        caller transmits that descriptor and must not reuse the frame until it completes); otherwise None,
+        the frame is the caller's again, and any frames to send were appended to `out` as (slot, bytes)
+        copies. The in-place path (inplace.py) takes ESP tunnel-mode AEAD SAs and ordinary packets;
+        everything else, and every packet it declines, goes through `process` unchanged.
+        """
+        if kind == Kind.PROTECT:
+            plan = self._out_plans.get(sa_index)
+        elif kind == Kind.ESP or kind == Kind.ESP_UDP:
+            plan = self._in_plans.get(sa_index)
+        else:
+            plan = None
+        if plan is not None and length > l3_off:
+            lo = addr & -frame_size
+            self.rx += 1
+            try:
+                if kind == Kind.PROTECT:
+                    res = plan.run(self, buf, addr + l3_off, length - l3_off, lo, lo + frame_size)
+                else:
+                    res = plan.run(self, buf, addr + l3_off, length - l3_off, out)
+            except Drop as d:
+                self.count_drop(d.reason, sa_index)
+                res = None
+            if res is not FALLBACK:
+                self.tx += len(out) + (res is not None)
+                return res
+            self.rx -= 1  # counted again by process()
+        out += self.process(slot, buf[addr:addr + length], kind, sa_index, l3_off)
+        return None
+
     def process(self, slot: int, frame: bytes | bytearray | memoryview, kind: int, sa_index: int,
                 l3_off: int) -> list[tuple[int, bytes]]:
         """Process one classified frame that arrived on port `slot`; return the frames to transmit."""

@@ -257,7 +257,7 @@ def unprotect(sa: InboundSA, packet: Buffer) -> bytes | None:
     if inner is None:
         return None
     if sa._local_ts or sa._remote_ts:
-        _check_selectors(sa, inner)
+        check_selectors(sa, inner)
     sa.packets += 1
     sa.bytes += len(inner)
     return inner
@@ -286,7 +286,7 @@ def _esp_in(sa: InboundSA, packet: memoryview, info: IPInfo) -> bytes | None:
     if nh == NEXT_HEADER_DUMMY:
         return None
     if sa.params.mode == Mode.TUNNEL:
-        return _tunnel_inner(nh, payload, info)
+        return tunnel_inner(nh, payload, info.tos)
     header = bytearray(packet[:off])
     header[info.proto_off] = nh
     _set_total_len(header, info, off + len(payload))
@@ -316,15 +316,18 @@ def _ah_in(sa: InboundSA, packet: memoryview, info: IPInfo) -> bytes:
         raise Drop(DropReason.AUTH_FAILED)
     sa.window.update(seq)
     if sa.params.mode == Mode.TUNNEL:
-        return _tunnel_inner(auth.next_header, payload, info)
+        return tunnel_inner(auth.next_header, payload, info.tos)
     header = bytearray(packet[:off])
     header[info.proto_off] = auth.next_header
     _set_total_len(header, info, off + len(payload))
     return bytes(header) + payload
 
 
-def _tunnel_inner(nh: int, payload: Buffer, outer: IPInfo) -> bytes:
-    """The inner packet of a tunnel-mode SA, checked, trimmed of TFC padding, with the outer ECN merged."""
+def tunnel_inner(nh: int, payload: Buffer, outer_tos: int) -> bytes:
+    """The inner packet of a tunnel-mode SA, checked, trimmed of TFC padding, with the outer ECN merged.
+
+    `outer_tos` is the outer header's TOS / traffic class. Also the in-place path's fallback once it has
+    decrypted a packet it does not handle itself (xdpsec/dataplane/inplace.py)."""
     version = _TUNNEL_VERSION.get(nh)
     if version is None:
         raise Drop(DropReason.BAD_NEXT_HEADER)  # tunnel mode carries IPv4 or IPv6 only
@@ -335,7 +338,7 @@ def _tunnel_inner(nh: int, payload: Buffer, outer: IPInfo) -> bytes:
     if info.version != version:
         raise Drop(DropReason.BAD_INNER)  # next header says one IP version, the packet is the other
     # Bytes after the inner packet's own length are TFC padding (RFC 4303 §2.7).
-    return _ecn_decap(bytearray(payload[:info.total_len]), info, outer.tos & 3)
+    return _ecn_decap(bytearray(payload[:info.total_len]), info, outer_tos & 3)
 
 
 def _ecn_decap(inner: bytearray, info: IPInfo, outer_ecn: int) -> bytes:
@@ -384,7 +387,7 @@ def _restore_l4_checksum(header: bytearray, info: IPInfo, nh: int, payload: byte
     return bytes(header) + l4
 
 
-def _check_selectors(sa: InboundSA, inner: bytes) -> None:
+def check_selectors(sa: InboundSA, inner: Buffer) -> None:
     """RFC 4301 §5.2: the decapsulated packet must be one this SA may carry: its destination in one of
     `local_ts` and its source in one of `remote_ts` (an empty list allows anything)."""
     try:
