@@ -1,4 +1,4 @@
-"""The Python side of the ABI shared with the XDP programs (bpf/include/xdpsec_abi.h).
+"""The Python side of the ABI shared with the XDP programs (xdpsec/bpf/include/xdpsec_abi.h).
 
 Every enum in the header is read from the header itself when this module is imported, so a drop reason or a
 counter is defined exactly once, in C, and both sides always agree on its number. Struct mirrors (ctypes)
@@ -11,7 +11,7 @@ import enum
 import re
 from pathlib import Path
 
-HEADER = Path(__file__).resolve().parent.parent / "bpf" / "include" / "xdpsec_abi.h"
+HEADER = Path(__file__).resolve().parent / "bpf" / "include" / "xdpsec_abi.h"
 _ENUM_RE = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.S)
 _MEMBER_RE = re.compile(r"^[ \t]*(\w+)[ \t]*=[ \t]*(\d+)[ \t]*,?[ \t]*(?:/\*[ \t]*(.*?)[ \t]*\*/)?", re.M)
 

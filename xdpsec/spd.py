@@ -1,6 +1,6 @@
 """The Security Policy Database (RFC 4301 §4.4.1): policies and the matcher.
 
-The XDP classifier (bpf/include/spd.h) holds the same ordered list in a BPF array and applies the same rule:
+The XDP classifier (xdpsec/bpf/include/spd.h) holds the same ordered list in a BPF array and applies the same rule:
 the first policy in priority order whose selectors all match decides. This module is the reference for those
 semantics and the source of the rows written into the maps.
 

@@ -337,7 +337,7 @@ class Worker:
                             pass
 
 
-#: struct xs_meta (bpf/include/xdpsec_abi.h) as struct.unpack_from reads it: a few times faster per frame than
+#: struct xs_meta (xdpsec/bpf/include/xdpsec_abi.h) as struct.unpack_from reads it: a few times faster per frame than
 #: the ctypes mirror, and tests/unit/test_worker_meta.py checks the two agree field by field.
 META = struct.Struct("<IIIHHHHBB2x")
 META_FIELDS = ("magic", "sa_index", "policy_id", "owner", "ifslot", "l3_off", "l4_off", "kind", "ip_version")

@@ -2,7 +2,7 @@
 
 Policies and flows are drawn from small pools of documentation addresses, prefixes, protocols and ports so that
 overlaps (and therefore first-match order, OUT/IN interplay and default actions) are common. The expected
-decision is the rule of bpf/include/spd.h written with `spd.lookup`, the Python reference of the matcher.
+decision is the rule of xdpsec/bpf/include/spd.h written with `spd.lookup`, the Python reference of the matcher.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The bcc loader of the XDP classifier (bpf/xdpsec.c): compile, attach, typed map setters, pins, test runs.
+"""The bcc loader of the XDP classifier (xdpsec/bpf/xdpsec.c): compile, attach, typed map setters, pins, test runs.
 
 This is the only module that imports bcc. The coordinator drives the classifier through `Classifier`: it
 registers interfaces and their slots, writes the SPD (two banks, flipped atomically), the child -> outbound SA
 table, the inbound SAs by (SPI, protocol), the gateway's own addresses and the AF_XDP sockets, and reads the
 per-CPU counters back. Every map value is a ctypes mirror from `xdpsec.abi`, so a layout change in
-bpf/include/xdpsec_abi.h shows up in tests/bpf/test_abi.py rather than as garbage in a map.
+xdpsec/bpf/include/xdpsec_abi.h shows up in tests/bpf/test_abi.py rather than as garbage in a map.
 
 bcc rewrites map method calls (`xs_stats.lookup(&k)`) only in the file it compiles, not in included headers,
 so the loader splices the local headers (`#include "parse.h"`) into the source, with `#line` markers so that
@@ -27,7 +27,7 @@ import bcc
 from xdpsec import abi, spd
 from xdpsec.abi import Action, PolicyDir, Stat, XsAcquire, drop_name
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"  # package data: an installed xdpsec compiles it too
 SOURCE = BPF_DIR / "xdpsec.c"
 INCLUDE = BPF_DIR / "include"
 PROG_NAME = b"xdpsec_classify"
@@ -169,7 +169,7 @@ class Classifier:
         self._source = splice_source()
         self._bpf = bcc.BPF(text=self._source.encode(), cflags=[f"-I{INCLUDE}", *cflags])
         self._fn = self._bpf.load_func(PROG_NAME, bcc.BPF.XDP)
-        # the SPD half, reached by a tail call (see the top of bpf/xdpsec.c)
+        # the SPD half, reached by a tail call (see the top of xdpsec/bpf/xdpsec.c)
         self._spd_fn = self._bpf.load_func(SPD_PROG_NAME, bcc.BPF.XDP)
         self["xs_progs"][ctypes.c_int(abi.XS_PROG_SPD)] = ctypes.c_int(self._spd_fn.fd)
         self._attached: dict[str, int] = {}
