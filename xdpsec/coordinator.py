@@ -14,6 +14,10 @@ replaced with fresh sockets and given its SAs again, its outbound sequence numbe
 reserved block (xdpsec/io/seqstore.py) so no number is ever used twice. SIGTERM/SIGINT detach XDP first (no
 frame is steered to a socket that is going away), then stop the workers and remove pins and the socket.
 
+IKE hands its child SAs over through `install_child` and `remove_child`. A child may hold several SA pairs at
+once while it is rekeyed (RFC 7296 §2.8): `ChildPairs` says which one carries its outbound traffic; every
+other keeps decrypting until IKE names it in `remove_child`, so no packet is lost at a rekey.
+
 Reload (`xdpsec reload`, or SIGHUP, whose handler only queues it for the main thread) re-reads the file the
 gateway was started with. A file with errors changes nothing; otherwise xdpsec/reload.py says what differs
 and only that is touched: new SAs are installed before the SPD that uses them flips, removed ones are torn
@@ -27,6 +31,7 @@ clean-up after a SIGKILLed predecessor of the same instance (xdpsec.io.adopt), f
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import itertools
 import logging
@@ -76,6 +81,7 @@ QUERY_TIMEOUT = 2.0
 TRAP_RETRY = 10.0  # seconds before an acquire may start another negotiation of the same child
 RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after starting is restarted this much later
 USAGE_MAX_AGE = 1.0  # seconds: IKE's byte/packet lifetimes read counters at most this old (refreshed in the background)
+RETIRE_GRACE = 0.5  # seconds an SA replaced in a rekey lives on, for frames XDP already classified for it
 TOP_DROPS = 5  # drop reasons `xdpsec status` shows
 
 
@@ -86,6 +92,81 @@ class InstalledSA:
     params: SAParams
     owner: int
     seq_slot: int
+
+
+class PairState(enum.Enum):
+    """Where one SA pair of a child stands in a rekey (RFC 7296 §2.8, make-before-break)."""
+
+    PENDING = "pending"  # installed, its outbound SA not used yet: a rekey responder's new pair (ChildUp.activate_out)
+    ACTIVE = "active"    # the classifier steers the child's traffic to its outbound SA
+    RETIRED = "retired"  # a newer pair took over; its inbound SA still decrypts until the pair's ChildDown
+
+
+@dataclass
+class ChildPair:
+    out: int  # SA indices (Gateway.sas)
+    inb: int
+    out_spi: int
+    in_spi: int
+    state: PairState = PairState.PENDING
+
+
+class ChildPairs:
+    """The SA pairs each child has installed and which one carries its outbound traffic: bookkeeping only, the
+    Gateway makes the data path follow.
+
+    A child holds several pairs while it is rekeyed: the old one, whose inbound SA must keep decrypting until
+    the peer says it is gone (its ChildDown), the new one, and after a collision (§2.8.1) briefly a redundant
+    one. The rules:
+
+    * `add(..., activate=True)`: the new pair carries the traffic now; the active one is retired (never used
+      for sending again: its peer may delete it any moment).
+    * `add(..., activate=False)`: pending, for a rekey responder (see xdpsec/ike/events.py ChildUp).
+    * `remove(pair)` of the active pair hands the traffic to the newest pending pair: the old pair's Delete
+      has arrived, so the peer has the new inbound SA (§2.8). A retired pair is never revived.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[str, list[ChildPair]] = {}
+
+    def add(self, child: str, pair: ChildPair, *, activate: bool) -> None:
+        self._pairs.setdefault(child, []).append(pair)
+        if activate:
+            self._activate(child, pair)
+
+    def _activate(self, child: str, pair: ChildPair) -> None:
+        for other in self._pairs[child]:
+            if other.state == PairState.ACTIVE:
+                other.state = PairState.RETIRED
+        pair.state = PairState.ACTIVE
+
+    def remove(self, child: str, pair: ChildPair) -> ChildPair | None:
+        """Forget `pair`; the pending pair that takes the child's traffic over, if `pair` carried it."""
+        pairs = self._pairs[child]
+        pairs.remove(pair)
+        successor = None
+        if pair.state == PairState.ACTIVE:
+            successor = next((p for p in reversed(pairs) if p.state == PairState.PENDING), None)
+            if successor is not None:
+                self._activate(child, successor)
+        if not pairs:
+            del self._pairs[child]
+        return successor
+
+    def pop(self, child: str) -> list[ChildPair]:
+        return self._pairs.pop(child, [])
+
+    def of(self, child: str) -> list[ChildPair]:
+        return list(self._pairs.get(child, ()))
+
+    def find(self, child: str, out_spi: int, in_spi: int) -> ChildPair | None:
+        return next((p for p in self._pairs.get(child, ()) if (p.out_spi, p.in_spi) == (out_spi, in_spi)), None)
+
+    def active(self, child: str) -> ChildPair | None:
+        return next((p for p in self._pairs.get(child, ()) if p.state == PairState.ACTIVE), None)
+
+    def by_in_spi(self, in_spi: int) -> ChildPair | None:
+        return next((p for pairs in self._pairs.values() for p in pairs if p.in_spi == in_spi), None)
 
 
 @dataclass
@@ -115,8 +196,8 @@ class Gateway:
         self.rings: dict[tuple[int, int], HandoffRing] = {}
         self.sas: dict[int, InstalledSA] = {}
         self.child_ids: dict[str, int] = {}
-        self.child_out: dict[str, int] = {}  # child -> outbound SA index
-        self.child_sas: dict[str, tuple[int, int]] = {}  # child -> (outbound, inbound) SA indices
+        self.pairs = ChildPairs()  # under _sa_lock
+        self._retiring: list[tuple[float, int]] = []  # (when, SA index): SAs deleted after RETIRE_GRACE
         self._sa_index = itertools.count(1)
         self._sa_lock = threading.RLock()
         self._manual_children = {child for child, _o, _i in cfg.manual_sas()}
@@ -312,33 +393,50 @@ class Gateway:
             self.install_child(child, out_p, in_p, wait=False)  # workers take them before XDP is attached
 
     # --- the data-plane seam: what manual keying and IKE both use ------------------------------------------
-    def install_child(self, child: str, out_p: SAParams, in_p: SAParams, *, wait: bool = True) -> None:
-        """Install a child's SA pair (replacing one it had) so that no packet is sent in clear or dropped for
-        want of an SA: the inbound SA first (the peer may use it as soon as it has its own), then the outbound
-        one in its worker, and only once the worker has confirmed it, the classifier's child entry that makes
-        XDP steer the child's traffic to it. The old outbound SA is removed after the switch."""
+    def install_child(self, child: str, out_p: SAParams, in_p: SAParams, *, wait: bool = True,
+                      activate_out: bool = True) -> None:
+        """Install an SA pair of a child so that no packet is sent in clear or dropped for want of an SA: the
+        inbound SA first (the peer may use it as soon as it has its own), then the outbound one in its worker,
+        and only once the worker has confirmed it, with `activate_out`, the classifier's child entry that makes
+        XDP steer the child's traffic to it.
+
+        The pairs it replaces stay installed, their inbound SAs decrypting, until `remove_child` names them
+        (RFC 7296 §2.8: the old SA is deleted after the new one is up, and the peer sends on it until it has
+        switched). Without `activate_out` (a rekey responder) the new outbound SA waits for the active pair's
+        `remove_child`. Manual keying has no Delete: a manual child's earlier pairs go at once."""
         if self._update_child(child, out_p, in_p):
             return
         with self._sa_lock:
             if child not in self.child_ids:
                 self.child_ids[child] = len(self.child_ids) + 1
             n = self.child_ids[child] - 1
-            old = self.child_sas.get(child, ())
             out_sa = self._new_sa(child, out_p, owner=n % self.nworkers)
             in_sa = self._new_sa(child, in_p, owner=(n + 1) % self.nworkers)  # two directions, two cores
         self._send_sa(in_sa, wait)
         self.classifier.set_sa_in(in_p.spi, int(in_p.protocol), in_sa.index, in_sa.owner, in_p.encap is not None)
         self._send_sa(out_sa, wait)
-        self.classifier.set_child_sa(self.child_ids[child], out_sa.index, out_sa.owner)
+        pair = ChildPair(out_sa.index, in_sa.index, out_p.spi, in_p.spi)
         with self._sa_lock:
-            self.child_sas[child] = (out_sa.index, in_sa.index)
-            self.child_out[child] = out_sa.index
-        for index in old:
-            self._delete_sa(index, clear_child=False)
+            self.pairs.add(child, pair, activate=activate_out)
+            replaced = [p for p in self.pairs.of(child) if p is not pair] if self.cfg_is_manual(child) else []
+            for old in replaced:
+                self.pairs.remove(child, old)
+        if activate_out:
+            self._steer(child, pair)
+        for old in replaced:
+            self._delete_pair(old)
         self._want_route(out_p.remote.packed)
-        log.info("%s: SAs installed: out 0x%08x (#%d, worker %d), in 0x%08x (#%d, worker %d)", child, out_p.spi,
-                 out_sa.index, out_sa.owner, in_p.spi, in_sa.index, in_sa.owner)
+        log.info("%s: SAs installed: out 0x%08x (#%d, worker %d%s), in 0x%08x (#%d, worker %d)", child, out_p.spi,
+                 out_sa.index, out_sa.owner, "" if activate_out else ", used once the pair it replaces is deleted",
+                 in_p.spi, in_sa.index, in_sa.owner)
         self._export_keys("child", out_p, in_p)
+
+    def _steer(self, child: str, pair: ChildPair) -> None:
+        """Point the classifier's child entry at `pair`'s outbound SA: one map update, so each packet meets
+        either the old SA or the new one, both installed in their workers."""
+        with self._sa_lock:
+            out_sa = self.sas[pair.out]
+        self.classifier.set_child_sa(self.child_ids[child], out_sa.index, out_sa.owner)
 
     def _export_keys(self, what: str, *args) -> None:
         """Hand keys to the Wireshark key export, if on. A debugging aid must never break the data path."""
@@ -351,14 +449,14 @@ class Gateway:
 
     def _update_child(self, child: str, out_p: SAParams, in_p: SAParams) -> bool:
         """The same SAs (SPIs and keys) with new outer addresses or ports: the peer moved behind a NAT (RFC 7296
-        §2.23). Update them in place: a second SA with the same key would share its sequence numbers with the
-        first, and a nonce must never be used twice."""
+        §2.23). Update them in place, whichever pair of the child they are (its state stays): a second SA with
+        the same key would share its sequence numbers with the first, and a nonce must never be used twice."""
         with self._sa_lock:
-            indices = self.child_sas.get(child)
-            if indices is None:
+            pair = self.pairs.find(child, out_p.spi, in_p.spi)
+            if pair is None:
                 return False
-            installed = [self.sas[i] for i in indices]
-            same = all(sa.params.spi == p.spi and sa.params.enc_key == p.enc_key and sa.params.integ_key == p.integ_key
+            installed = [self.sas[pair.out], self.sas[pair.inb]]
+            same = all(sa.params.enc_key == p.enc_key and sa.params.integ_key == p.integ_key
                        for sa, p in zip(installed, (out_p, in_p), strict=True))
             if not same:
                 return False
@@ -375,38 +473,66 @@ class Gateway:
                 fut.result(timeout=QUERY_TIMEOUT)
             except FutureTimeout:
                 log.warning("worker %d did not confirm the update of SA %d in time", sa.owner, sa.index)
-        log.info("%s: peer moved to %s; SAs follow (encap %s)", child, out_p.remote, out_p.encap)
+        log.info("%s: peer moved to %s; SAs 0x%08x/0x%08x follow (encap %s)", child, out_p.remote, out_p.spi,
+                 in_p.spi, out_p.encap)
         self._want_route(out_p.remote.packed)
         return True
 
     def remove_child(self, child: str, out_spi: int | None = None, in_spi: int | None = None) -> None:
-        """Tear a child's SAs down: stop steering first (its traffic then drops as no_sa, never goes out in
-        clear), then forget the inbound SPI, then the SAs themselves. With SPIs given, only if they are the
-        installed ones: news of an old SA's end must not remove its successor."""
+        """Tear SAs of a child down: with SPIs exactly that pair (a rekey's old pair, a collision's redundant
+        one) whatever else the child has, else all its pairs.
+
+        A pair that carried the child's traffic hands it to the pending pair of a rekey we answered: its Delete
+        proves the peer has the new inbound SA (§2.8). With no successor, steering stops first (the child's
+        traffic then drops as no_sa, never goes out in clear), then the SAs go. While the child carries on,
+        the SAs of the pair go RETIRE_GRACE later: frames XDP already classified for them are still queued."""
         with self._sa_lock:
-            indices = self.child_sas.get(child, ())
-            if out_spi is not None and indices and (self.sas[indices[0]].params.spi,
-                                                    self.sas[indices[1]].params.spi) != (out_spi, in_spi):
-                log.info("%s: SAs %#010x/%#010x went down, but newer ones are installed: kept", child,
-                         out_spi, in_spi or 0)
-                return
-            self.child_sas.pop(child, None)
-            self.child_out.pop(child, None)
-        if child in self.child_ids:
+            if out_spi is None:
+                gone, successor = self.pairs.pop(child), None
+            else:
+                pair = self.pairs.find(child, out_spi, in_spi)
+                if pair is None:  # e.g. the redundant pair of a collision we lost: never installed here
+                    log.debug("%s: SAs 0x%08x/0x%08x went down; not installed here", child, out_spi, in_spi or 0)
+                    return
+                gone, successor = [pair], self.pairs.remove(child, pair)
+            carries_on = self.pairs.active(child) is not None
+        if successor is not None:
+            self._steer(child, successor)
+            log.info("%s: sending on SA 0x%08x now (the pair it replaces was deleted)", child, successor.out_spi)
+        elif not carries_on and child in self.child_ids:
             self.classifier.clear_child_sa(self.child_ids[child])
-        spis = [self.sas[i].params.spi for i in indices if i in self.sas]
-        for index in indices:
-            self._delete_sa(index, clear_child=False)
-        if len(spis) == 2:
-            log.info("%s: SAs removed: out 0x%08x, in 0x%08x", child, *spis)
-            self._export_keys("child_removed", *spis)
+        for pair in gone:
+            if carries_on:
+                self._retire(pair)
+            else:
+                self._delete_pair(pair)
+            log.info("%s: SAs removed: out 0x%08x, in 0x%08x", child, pair.out_spi, pair.in_spi)
+            self._export_keys("child_removed", pair.out_spi, pair.in_spi)
+
+    def _delete_pair(self, pair: ChildPair) -> None:
+        for index in (pair.out, pair.inb):
+            self._delete_sa(index)
+
+    def _retire(self, pair: ChildPair) -> None:
+        when = time.monotonic() + RETIRE_GRACE
+        with self._sa_lock:
+            self._retiring += [(when, pair.out), (when, pair.inb)]
+
+    def _retire_due(self) -> None:
+        """Delete the retired SAs whose grace is over (called from the pump)."""
+        now = time.monotonic()
+        with self._sa_lock:
+            due = [index for when, index in self._retiring if when <= now]
+            self._retiring = [(when, index) for when, index in self._retiring if when > now]
+        for index in due:
+            self._delete_sa(index)
 
     def _new_sa(self, child: str, params: SAParams, owner: int) -> InstalledSA:
         sa = InstalledSA(next(self._sa_index), child, params, owner, self.seqstore.slot_for(params))
         self.sas[sa.index] = sa
         return sa
 
-    def _delete_sa(self, index: int, *, clear_child: bool) -> None:
+    def _delete_sa(self, index: int) -> None:
         with self._sa_lock:
             sa = self.sas.pop(index, None)
         if sa is None:
@@ -461,6 +587,7 @@ class Gateway:
     def _pump(self) -> None:
         from multiprocess.connection import wait
         while not self.stopping.is_set():
+            self._retire_due()
             conns = {h.conn: h for h in self.workers}
             sentinels = {h.proc.sentinel: h for h in self.workers}
             for ready in wait(list(conns) + list(sentinels), timeout=0.5):
@@ -565,7 +692,9 @@ class Gateway:
         under way is avoided here too."""
         child = next((name for name, cid in self.child_ids.items() if cid == ev.child_id), None)
         trap = self._traps.get(child)
-        if trap is None or child in self.child_sas:
+        with self._sa_lock:
+            keyed = self.pairs.active(child) is not None
+        if trap is None or keyed:
             return
         now = time.monotonic()
         if now - self._trapped.get(child, -TRAP_RETRY) < TRAP_RETRY:
@@ -639,18 +768,24 @@ class Gateway:
 
     # --- counters for IKE's byte and packet lifetimes (RFC 7296 §2.8) -------------------------------------------
     def usage(self, in_spi: int) -> tuple[int, int]:
-        """(bytes, packets) carried so far by the SA whose inbound SPI is `in_spi`, from counters at most about
-        USAGE_MAX_AGE old. Called on the IKE thread, which must not wait for workers: an old snapshot is
-        answered now and a fresh one asked for in the background."""
+        """(bytes, packets) carried so far by the child SA pair whose inbound SPI is `in_spi`: the larger of its
+        two directions, since either may run out first, and the one that must never run out is the outbound
+        sequence number (RFC 4303 §3.3.3: no wrap without ESN). Counters are at most about USAGE_MAX_AGE old:
+        this runs on the IKE thread, which must not wait for workers, so an old snapshot is answered now and a
+        fresh one asked for in the background."""
         if time.monotonic() - self._snaps_at > USAGE_MAX_AGE:
             self._refresh_snapshots()
         with self._sa_lock:
-            sa = next((sa for sa in self.sas.values()
-                       if sa.params.direction == Direction.IN and sa.params.spi == in_spi), None)
-        if sa is None:
-            return 0, 0
-        entry = ((self._snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
-        return entry.get("bytes", 0), entry.get("packets", 0)
+            pair = self.pairs.by_in_spi(in_spi)
+            sas = [self.sas[i] for i in (pair.out, pair.inb) if i in self.sas] if pair is not None else []
+        used_bytes = used_packets = 0
+        for sa in sas:
+            entry = ((self._snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
+            used_bytes = max(used_bytes, entry.get("bytes", 0))
+            # "seq" (outbound only) is the last sequence number used: it also counts packets dropped after
+            # numbering, and it is what must not wrap.
+            used_packets = max(used_packets, entry.get("packets", 0), entry.get("seq", 0))
+        return used_bytes, used_packets
 
     def _refresh_snapshots(self) -> None:
         self._snaps_at = time.monotonic()  # asked: not again until USAGE_MAX_AGE has passed
@@ -683,6 +818,8 @@ class Gateway:
 
     def _cmd_policies(self, _args: dict) -> list[dict]:
         hits = self.classifier.policy_hits()
+        with self._sa_lock:
+            sending = {pol.child: pair.out for pol in self.policies if (pair := self.pairs.active(pol.child))}
         rows = []
         for pol in self.policies:
             def ports(r):
@@ -691,7 +828,7 @@ class Gateway:
                          "action": pol.action.name.lower(), "priority": pol.priority, "src": str(pol.src),
                          "dst": str(pol.dst), "proto": pol.proto or "any", "sports": ports(pol.sports),
                          "dports": ports(pol.dports),
-                         "sa": self.child_out.get(pol.child) if pol.direction == PolicyDir.OUT else None,
+                         "sa": sending.get(pol.child) if pol.direction == PolicyDir.OUT else None,
                          "hits": hits.get(pol.id, 0)})
         return rows
 
@@ -748,8 +885,8 @@ class Gateway:
         if child.mode in (configmod.ChildMode.PASS, configmod.ChildMode.DROP):
             return {"name": child.name, "state": child.mode.value}
         with self._sa_lock:
-            indices = self.child_sas.get(f"{conn}/{child.name}")
-            pair = [self.sas[i].params for i in indices] if indices else None
+            active = self.pairs.active(f"{conn}/{child.name}")
+            pair = (self.sas[active.out].params, self.sas[active.inb].params) if active else None
         if pair is None:
             return {"name": child.name, "state": "down"}
         out_p, in_p = pair

@@ -5,9 +5,13 @@ against it, and its timers are relative anyway. It waits on the IKE sockets (UDP
 and IPv6), a wake-up pipe for commands, and the manager's next timer; it feeds datagrams in with the time,
 sends what the manager hands back, and turns its events into data-path changes:
 
-    ChildUp   -> Gateway.install_child(child, outbound SAParams, inbound SAParams)   (make-before-break order)
+    ChildUp   -> Gateway.install_child(child, outbound SAParams, inbound SAParams, activate_out=...)
     ChildDown -> Gateway.remove_child(child, out_spi, in_spi)   (only those SAs: a rekey's successor stays)
     IkeUp     -> on_ike_up(event), when set (the key export)
+
+A child rekey (RFC 7296 §2.8) is make-before-break through these two calls alone: the pair it replaces stays
+installed, its inbound SA decrypting, until its ChildDown; a rekey responder's ChildUp(activate_out=False)
+keeps sending on the old pair until then (xdpsec/ike/events.py says why).
 
 Events are acted on before the datagrams of the same turn are sent: a new child pair is in the data path
 before our CREATE_CHILD_SA response (the peer may use it at once) or our Delete of the pair it replaces goes
@@ -216,7 +220,7 @@ class IkeService:
         if isinstance(ev, ChildUp):
             log.info("%s/%s: child SA up: in %#010x out %#010x, %s", ev.conn, ev.child, ev.inb.spi, ev.out.spi,
                      ev.out.mode.value)
-            self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb)
+            self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb, activate_out=ev.activate_out)
         elif isinstance(ev, ChildDown):
             log.info("%s/%s: child SA down: in %#010x out %#010x", ev.conn, ev.child, ev.in_spi, ev.out_spi)
             self.remove(f"{ev.conn}/{ev.child}", ev.out_spi, ev.in_spi)

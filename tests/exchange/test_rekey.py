@@ -71,8 +71,10 @@ def test_child_rekey_make_before_break(rekeyer, pfs):
     other = "b" if rekeyer == "a" else "a"
     # CREATE_CHILD_SA  HDR, SK {N(REKEY_SA, old inbound SPI), SA, Ni, [KEi], TSi, TSr}  -->
     link.deliver(link.flight())
-    # The responder has the new pair installed and still the old one: both inbound SAs work (§2.8).
-    assert [type(e) for e in link.events[other]][-1] is events.ChildUp
+    # The responder has the new pair installed and still the old one: both inbound SAs work (§2.8). It keeps
+    # sending on the old pair: the initiator has no inbound SA for the new one until it reads the response.
+    responder_up = link.events[other][-1]
+    assert type(responder_up) is events.ChildUp and responder_up.activate_out is False
     assert len(ike_sa(link, other).children) == 2
     #                  <--  HDR, SK {SA, Nr, [KEr], TSi, TSr}
     link.deliver(link.flight())
@@ -80,8 +82,11 @@ def test_child_rekey_make_before_break(rekeyer, pfs):
     # INFORMATIONAL    HDR, SK {D(ESP, old inbound SPI)}  -->
     #                  <--  HDR, SK {D(ESP, the peer's old inbound SPI)}
     link.settle()
+    # The initiator sends on the new pair at once; the responder switches on the old pair's ChildDown.
+    assert link.of(rekeyer, events.ChildUp)[1].activate_out is True
     for s in "ab":
         ups, downs = link.of(s, events.ChildUp), link.of(s, events.ChildDown)
+        assert ups[0].activate_out is True  # a first child (IKE_AUTH) has nothing to wait for
         assert len(ups) == 2 and [type(e) for e in link.events[s]][-2:] == [events.ChildUp, events.ChildDown]
         assert downs == [events.ChildDown(CONN[s], "net", old[s].out.spi, old[s].inb.spi)]
         new = ups[1]
@@ -250,3 +255,102 @@ def test_lowest_nonce_is_an_octet_comparison():
     assert lowest_nonce_is_ours((b"\x01\xff", b"\x09"), (b"\x02", b"\x03"))
     assert not lowest_nonce_is_ours((b"\x02", b"\x03"), (b"\x01\xff", b"\x09"))
     assert lowest_nonce_is_ours((b"\x05\x00", b"\x05"), (b"\x05\x00\x00", b"\x06"))
+
+
+# --- what the data path makes of the events ------------------------------------------------------------------
+
+
+class DataPath:
+    """One side's data path as the coordinator drives it (xdpsec.coordinator.ChildPairs) from that side's
+    events: which SA it sends on, which inbound SPIs it decrypts."""
+
+    def __init__(self, link: Link, side: str):
+        self.pairs = pytest.importorskip("xdpsec.coordinator").ChildPairs()
+        self.link, self.side, self.seen = link, side, 0
+
+    def follow(self) -> None:
+        from xdpsec.coordinator import ChildPair
+
+        evs = self.link.events[self.side]
+        for ev in evs[self.seen:]:
+            if isinstance(ev, events.ChildUp) and self.pairs.find(ev.child, ev.out.spi, ev.inb.spi) is None:
+                pair = ChildPair(ev.out.spi, ev.inb.spi, ev.out.spi, ev.inb.spi)
+                self.pairs.add(ev.child, pair, activate=ev.activate_out)
+            elif isinstance(ev, events.ChildDown) and (pair := self.pairs.find(ev.child, ev.out_spi, ev.in_spi)):
+                self.pairs.remove(ev.child, pair)
+        self.seen = len(evs)
+
+    @property
+    def sending(self) -> int | None:
+        pair = self.pairs.active("net")
+        return pair.out_spi if pair else None
+
+    @property
+    def decrypting(self) -> set[int]:
+        return {p.in_spi for p in self.pairs.of("net")}
+
+
+def step_through(link: Link, paths: dict[str, DataPath]) -> None:
+    """Deliver one datagram at a time (the shell acts on a datagram's events before it sends anything) and
+    check after each that neither side stops sending or sends on an SA the other cannot decrypt."""
+    for _ in range(40):
+        flight = link.flight()
+        if not flight:
+            return
+        for dg in flight:
+            link.deliver([dg])
+            for p in paths.values():
+                p.follow()
+            for s, other in (("a", "b"), ("b", "a")):
+                sending = paths[s].sending
+                assert sending is not None, f"{s} stopped sending mid-rekey"
+                assert sending in paths[other].decrypting, (
+                    f"{s} sends on {sending:#x}, which {other} cannot decrypt ({paths[other].decrypting})")
+    raise AssertionError("the exchanges did not settle")
+
+
+def assert_paths_mirror(paths: dict[str, DataPath]) -> None:
+    a, b = paths["a"], paths["b"]
+    assert len(a.pairs.of("net")) == len(b.pairs.of("net")) == 1
+    assert a.sending in b.decrypting and b.sending in a.decrypting
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (3, 4), (5, 6), (7, 8)])
+@pytest.mark.parametrize("who", ["a", "b", "both"])
+def test_data_path_never_sends_what_the_peer_cannot_decrypt(who, seeds):
+    """Make-before-break end to end (§2.8, §2.8.1): the initiator of a rekey sends on the new pair once it has
+    the response, the responder once the old pair's Delete arrives, and the old inbound SA decrypts until its
+    own ChildDown; a collision's redundant pair is installed by its responder and removed on its Delete."""
+    link = link_of(seeds=seeds)
+    up(link)
+    paths = {s: DataPath(link, s) for s in "ab"}
+    for p in paths.values():
+        p.follow()
+    assert_paths_mirror(paths)
+    for _ in range(3):  # each round replaces the pair on both sides
+        before = paths["a"].sending
+        for s in ("a", "b") if who == "both" else (who,):
+            link.side(s).rekey_child(CONN[s], "net", link.now)
+        step_through(link, paths)
+        assert_paths_mirror(paths)
+        assert paths["a"].sending != before
+    assert link.a.stats["rekey_failed"] == link.b.stats["rekey_failed"] == 0
+
+
+def test_data_path_across_an_ike_rekey_then_a_rekey_crossing_a_delete():
+    link = link_of()
+    up(link)
+    paths = {s: DataPath(link, s) for s in "ab"}
+    for p in paths.values():
+        p.follow()
+    child = paths["a"].sending
+    link.b.rekey_ike("b-from-a", link.now)
+    step_through(link, paths)
+    assert paths["a"].sending == child  # the child moved to the new IKE SA untouched (§2.18)
+    link.a.rekey_child("a-to-b", "net", link.now)
+    link.b.terminate_child("b-from-a", "net", link.now)
+    link.settle()  # §2.25.1: the rekey is refused, the child ends, and no SA of it is left anywhere
+    for p in paths.values():
+        p.follow()
+    assert paths["a"].sending is paths["b"].sending is None
+    assert not paths["a"].pairs.of("net") and not paths["b"].pairs.of("net")

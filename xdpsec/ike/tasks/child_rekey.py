@@ -6,10 +6,15 @@
                                       <--  HDR, SK {D(ESP, the peer's old inbound SPI)}
 
 Everything of child_create.py applies (the new pair is negotiated like a new child, KEi when the child's
-proposal has a key exchange group: PFS), with the configuration of the child being replaced. Make-before-break:
-each side reports the new pair with ChildUp as soon as it has its keys (the data path installs the new inbound
-SA, then switches outbound), and only then does the rekey's initiator delete the old pair; its ChildDown names
-the old SPIs, so the data path removes exactly those.
+proposal has a key exchange group: PFS), with the configuration of the child being replaced. Make-before-break,
+in this order (each side keeps accepting on the old inbound SA until the old pair's ChildDown):
+
+1. the responder reports the new pair with ChildUp(activate_out=False) before its response leaves: the data
+   path installs both SAs but keeps sending on the old pair, as the initiator cannot decrypt the new one yet;
+2. the initiator reports the new pair with ChildUp (installed, and sending on it at once: the responder has
+   its inbound SA), then deletes the old pair; its ChildDown names the old SPIs;
+3. the Delete reaches the responder, whose ChildDown of the old pair makes its data path switch to the new
+   outbound SA (strongSwan's responder likewise installs its new outbound SA only on that Delete).
 
 Collisions (§2.25.1, after strongSwan's child_rekey.c):
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 from xdpsec.ike import wire
 from xdpsec.ike.consts import NotifyType, ProtocolId
-from xdpsec.ike.events import ChildDown, Failure
+from xdpsec.ike.events import ChildDown, ChildUp, Failure
 from xdpsec.ike.tasks import Inbound, Status, notify
 from xdpsec.ike.tasks.child_create import ChildCreate, _Reject
 from xdpsec.sa import Protocol
@@ -159,7 +164,9 @@ class ChildRekey(ChildCreate):
                 old.state = ChildState.REKEYED
             self._delete(child)
             return
-        super()._established(child)
+        ike.add_child(child, ike.now)
+        # The responder keeps sending on the old pair until its Delete: see the module docstring.
+        ike.services.emit(ChildUp(ike.name, child.name, child.out, child.inb, activate_out=self.initiator))
         ike.services.count("child_rekey")
         if not self.initiator:
             if self.partner is not None:
