@@ -30,6 +30,7 @@ clean-up after a SIGKILLed predecessor of the same instance (xdpsec.io.adopt), f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import ipaddress
@@ -64,7 +65,7 @@ from xdpsec.io.seqstore import SeqStore
 from xdpsec.io.xsk import Umem, XskSocket
 from xdpsec.keyexport import KeyExport
 from xdpsec.proposals import format_transform
-from xdpsec.sa import Direction, SAParams
+from xdpsec.sa import Direction, LimitReached, SAParams
 from xdpsec.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("xdpsec.dataplane")
@@ -219,6 +220,7 @@ class Gateway:
         self._acquiring = False
         self.local_slot: int | None = None
         self.local_kernel_mac = b""
+        self.limit_hits: collections.Counter[str] = collections.Counter()  # configured bounds reached, by name
         self.metrics = None  # xdpsec.metrics handle while the Prometheus endpoint runs
         self.keyexport = None  # xdpsec.keyexport.KeyExport when [debug] key_export is set
         self._snaps: dict[int, dict] = {}  # the workers' latest snapshots, for IKE's byte/packet lifetimes
@@ -317,7 +319,7 @@ class Gateway:
     def _start_ike(self, conns: list) -> None:
         from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
         self.ike = IkeService(conns, install=self.install_child, remove=self.remove_child,
-                              spi_in_use=self.spi_in_use, usage=self.usage,
+                              spi_in_use=self.spi_in_use, usage=self.usage, limits=self.cfg.limits,
                               on_ike_up=self.keyexport.ike if self.keyexport is not None else None)
         self.ike.start()
         self._set_traps(conns)
@@ -410,6 +412,7 @@ class Gateway:
             if child not in self.child_ids:
                 self.child_ids[child] = len(self.child_ids) + 1
             n = self.child_ids[child] - 1
+            self._check_room(n % self.nworkers, (n + 1) % self.nworkers)
             out_sa = self._new_sa(child, out_p, owner=n % self.nworkers)
             in_sa = self._new_sa(child, in_p, owner=(n + 1) % self.nworkers)  # two directions, two cores
         self._send_sa(in_sa, wait)
@@ -526,6 +529,16 @@ class Gateway:
             self._retiring = [(when, index) for when, index in self._retiring if when > now]
         for index in due:
             self._delete_sa(index)
+
+    def _check_room(self, *owners: int) -> None:
+        """[limits] sas_per_worker: a worker's SAD shard is bounded; a full one refuses the pair, counted."""
+        limit = self.cfg.limits.sas_per_worker
+        held = collections.Counter(sa.owner for sa in self.sas.values())
+        for owner in owners:
+            if held[owner] >= limit:
+                self.limit_hits["sas_per_worker"] += 1
+                raise LimitReached(f"worker {owner} holds {held[owner]} SAs, the most [limits] sas_per_worker "
+                                   f"allows ({limit})")
 
     def _new_sa(self, child: str, params: SAParams, owner: int) -> InstalledSA:
         sa = InstalledSA(next(self._sa_index), child, params, owner, self.seqstore.slot_for(params))
@@ -699,9 +712,19 @@ class Gateway:
         now = time.monotonic()
         if now - self._trapped.get(child, -TRAP_RETRY) < TRAP_RETRY:
             return
+        pending = sum(now - t < TRAP_RETRY for t in self._trapped.values())
+        if pending >= self.cfg.limits.pending_acquires:  # negotiations started by traffic, still in progress
+            self.limit_hits["pending_acquires"] += 1
+            log.warning("%s: acquire ignored: %d negotiations started by traffic are pending ([limits] "
+                        "pending_acquires)", child, pending)
+            return
         self._trapped[child] = now
         log.info("%s: traffic needs an SA (acquire): initiating", child)
-        self.ike.command("initiate", *trap)
+        try:
+            self.ike.command("initiate", *trap)
+        except queue.Full:  # the IKE thread is behind: the next acquire (XDP sends one a second) retries
+            self.limit_hits["ike_commands"] += 1
+            del self._trapped[child]
 
     # --- control socket ----------------------------------------------------------------------------------------
     def _handlers(self) -> dict:
@@ -841,7 +864,8 @@ class Gateway:
                             "rx": snap.get("rx", 0), "tx": snap.get("tx", 0),
                             "handoff_in": snap.get("handoff_in", 0), "handoff_out": snap.get("handoff_out", 0),
                             "drops": snap.get("drops", {}), "sockets": snap.get("sockets", {})})
-        return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()}}
+        return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()},
+                "ike": self.ike.counters() if self.ike is not None else {}, "limits": dict(self.limit_hits)}
 
     def _cmd_status(self, _args: dict) -> dict:
         """One screen: what runs, whether the tunnels are up, and what is being dropped."""

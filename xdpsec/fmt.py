@@ -171,6 +171,13 @@ def render_stats(stats: Mapping[str, Any]) -> str:
         align(counters, right=(1,)),
         _drops_table(xdp["drops"], workers),
     ]
+    ike = {name: n for name, n in (stats.get("ike") or {}).items() if n}
+    if ike:  # the IKE core's events: malformed, unknown_spi, cookie_sent, rekeys, retransmissions ...
+        parts.append(align([["IKE", ""]] + [[name, num(n)] for name, n in sorted(ike.items())], right=(1,)))
+    limits = {name: n for name, n in (stats.get("limits") or {}).items() if n}
+    if limits:
+        parts.append(align([["LIMITS REACHED", ""]] + [[name, num(n)] for name, n in sorted(limits.items())],
+                           right=(1,)))
     return "\n\n".join("\n".join(part) for part in parts)
 
 

@@ -37,10 +37,10 @@ from collections.abc import Callable
 
 from xdpsec.ike.conf import IkeConnConfig, StartAction
 from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeDown, IkeUp
-from xdpsec.ike.manager import IkeManager
+from xdpsec.ike.manager import COOKIE_THRESHOLD, IkeManager
 from xdpsec.ike.sa import NAT_KEEPALIVE
 from xdpsec.io.localpath import BYPASS_MARK
-from xdpsec.sa import IPAddress
+from xdpsec.sa import IPAddress, LimitReached
 
 log = logging.getLogger("xdpsec.ike")
 
@@ -48,18 +48,33 @@ NON_ESP_MARKER = b"\0\0\0\0"
 NATT_PORT = 4500
 MAX_DATAGRAM = 65535
 COMMANDS_MAX = 64
+#: Receive buffer of each IKE socket. The default (~200 KB) overflows within milliseconds of an IKE_SA_INIT
+#: flood that got past XDP's rate limit, and the IKE SAs we already have share the socket: their requests
+#: must not be the ones the kernel throws away. SO_RCVBUFFORCE (CAP_NET_ADMIN) goes beyond net.core.rmem_max.
+RCVBUF = 4 << 20
+#: A failed send is counted each time but logged at most once per this many seconds: spoofed sources make
+#: sends fail (EAGAIN, unreachable) at a rate an attacker chooses.
+SEND_FAIL_LOG_INTERVAL = 10.0
 
 
 class IkeService:
     def __init__(self, conns: list[IkeConnConfig], *, install: Callable, remove: Callable,
                  spi_in_use: Callable[[int], bool], on_ike_up: Callable[[IkeUp], None] | None = None,
-                 usage: Callable[[int], tuple[int, int]] | None = None) -> None:
+                 usage: Callable[[int], tuple[int, int]] | None = None, limits=None) -> None:
+        """`limits` is the configuration's [limits] (xdpsec.config.Limits); None keeps the core's defaults."""
         self.conns = {c.name: c for c in conns}
         self.install = install
         self.remove = remove
         self.on_ike_up = on_ike_up
         self.usage = usage
-        self.manager = IkeManager(conns, spi_in_use=spi_in_use, usage=self._usage)
+        bounds = {}
+        if limits is not None:
+            half_open = limits.half_open_ike_sas
+            bounds = {"max_half_open": half_open, "max_per_peer": limits.ike_sas_per_peer,
+                      # cookies start well before the table is full: a flood then costs no state (§2.6)
+                      "cookie_threshold": min(COOKIE_THRESHOLD, max(1, half_open // 2))}
+        self.manager = IkeManager(conns, spi_in_use=spi_in_use, usage=self._usage, **bounds)
+        self._send_fail_logged = float("-inf")
         self.sel = selectors.DefaultSelector()
         self.socks: dict[tuple[IPAddress, int], socket.socket] = {}
         self.commands: queue.Queue = queue.Queue(maxsize=COMMANDS_MAX)
@@ -85,6 +100,10 @@ class IkeService:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, BYPASS_MARK)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, RCVBUF)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind((str(addr), port))
         sock.setblocking(False)
         self.socks[(addr, port)] = sock
@@ -200,7 +219,12 @@ class IkeService:
             try:
                 sock.sendto(data, (str(remote[0]), remote[1]))
             except OSError as exc:
-                log.warning("IKE: sending to %s:%d failed: %s", remote[0], remote[1], exc)
+                self.manager.stats["send_failed"] += 1
+                now = time.monotonic()
+                if now - self._send_fail_logged >= SEND_FAIL_LOG_INTERVAL:
+                    self._send_fail_logged = now
+                    log.warning("IKE: sending to %s:%d failed: %s (counted as send_failed; logged at most every "
+                                "%.0f s)", remote[0], remote[1], exc, SEND_FAIL_LOG_INTERVAL)
 
     def _commands(self) -> None:
         while True:
@@ -220,7 +244,13 @@ class IkeService:
         if isinstance(ev, ChildUp):
             log.info("%s/%s: child SA up: in %#010x out %#010x, %s", ev.conn, ev.child, ev.inb.spi, ev.out.spi,
                      ev.out.mode.value)
-            self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb, activate_out=ev.activate_out)
+            try:
+                self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb, activate_out=ev.activate_out)
+            except LimitReached as exc:  # the data path is full: the IKE side must not believe the child is up
+                self.manager.stats["sa_limit"] += 1
+                log.warning("%s/%s: child SA not installed: %s; deleting it", ev.conn, ev.child, exc)
+                with self.lock:
+                    self.manager.terminate_child(ev.conn, ev.child, time.time())
         elif isinstance(ev, ChildDown):
             log.info("%s/%s: child SA down: in %#010x out %#010x", ev.conn, ev.child, ev.in_spi, ev.out_spi)
             self.remove(f"{ev.conn}/{ev.child}", ev.out_spi, ev.in_spi)
@@ -236,3 +266,10 @@ class IkeService:
     def ike_sas(self) -> list[dict]:
         with self.lock:
             return self.manager.ike_sas()
+
+    def counters(self) -> dict[str, int]:
+        """The core's event counters (malformed, unknown_spi, cookie_sent, ...) and the shell's."""
+        with self.lock:
+            out = dict(self.manager.stats)
+        out["service_error"] = self.errors
+        return out

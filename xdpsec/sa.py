@@ -206,3 +206,8 @@ class Flow:
     proto: int
     sport: int = 0
     dport: int = 0
+
+
+class LimitReached(Exception):
+    """The SAD refuses another SA: a configured bound ([limits] sas_per_worker) is reached. Raised by the
+    coordinator's install, caught by the IKE shell, which then deletes the child it could not install."""

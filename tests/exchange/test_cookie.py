@@ -332,3 +332,18 @@ def test_scan_agrees_with_the_full_decoder(cut, junk):
     cookie = next((p.body.data for p in msg.payloads
                    if p.type == PayloadType.NOTIFY and p.body.type == NotifyType.COOKIE), None)
     assert found == (ni, cookie)
+
+
+
+def test_ike_sas_per_peer_are_bounded():
+    """[limits] ike_sas_per_peer: a responder keeps at most that many IKE SAs for one peer address; the next
+    IKE_SA_INIT from that address is dropped and counted, while another address still gets in."""
+    b = IkeManager([conn_b()], rng=seeded_rng(2), max_per_peer=3)
+    template = init_request()
+    rnd = random.Random(5)
+    peer, other = (SPOOFED[0], 500), (SPOOFED[1], 500)
+    for _ in range(5):
+        b.receive_datagram(rnd.randbytes(8) + template[8:], B_IKE, peer, T0)
+    assert (b.half_open, b.stats["per_peer_limit"]) == (3, 2)
+    b.receive_datagram(rnd.randbytes(8) + template[8:], B_IKE, other, T0)
+    assert (b.half_open, b.stats["per_peer_limit"]) == (4, 2)

@@ -50,6 +50,8 @@ STATS = {
     ],
     "xdp": {"stats": {"rx": 2469134, "pass": 12, "ike": 4, "protect": 1234567, "drop": 20},
             "drops": {"policy_discard": 20, "replay": 0}},
+    "ike": {"malformed": 3, "cookie_sent": 1500, "unknown_spi": 0},
+    "limits": {"sas_per_worker": 2, "pending_acquires": 0},
 }  # fmt: skip
 STATUS = {
     "instance": "gwA",
@@ -148,7 +150,7 @@ def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
     path, _ = gateway
     code, out, err = run(capsys, "stats", "-s", str(path))
     assert (code, err) == (0, "")
-    workers, counters, drops = out.rstrip("\n").split("\n\n")
+    workers, counters, drops, ike, limits = out.rstrip("\n").split("\n\n")
     assert workers.splitlines() == [
         "WORKER   PID  STATE  RESTARTS         RX         TX  HANDOFF IN  HANDOFF OUT  DROPS",
         "     0  4242  up            0  1,234,567  1,234,560           0          617      7",
@@ -168,6 +170,9 @@ def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
         "tx_full           0   7   1      8",
         "replay            0   0   3      3",
     ]
+    # The IKE core's counters and the bounds that were reached, zeroes left out.
+    assert ike.splitlines() == ["IKE", "cookie_sent  1,500", "malformed        3"]
+    assert limits.splitlines() == ["LIMITS REACHED", "sas_per_worker  2"]
 
 
 def test_status_is_one_screen(gateway, capsys):

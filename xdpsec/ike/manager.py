@@ -53,7 +53,8 @@ Usage = Callable[[int], "tuple[int, int] | None"]
 class IkeManager:
     def __init__(self, conns: Sequence[IkeConnConfig], *, rng: Callable[[int], bytes] = os.urandom,
                  spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024,
-                 usage: Usage | None = None, cookie_threshold: int = COOKIE_THRESHOLD):
+                 usage: Usage | None = None, cookie_threshold: int = COOKIE_THRESHOLD,
+                 max_per_peer: int = 0):
         self.conns = {c.name: c for c in conns}
         self.stats: Counter[str] = Counter()
         #: Seconds from the first IKE_SA_INIT to IKE_AUTH done, the latest HANDSHAKES_KEPT of them.
@@ -62,6 +63,7 @@ class IkeManager:
         self._rng = rng
         self._spi_in_use = spi_in_use
         self._max_half_open = max_half_open
+        self._max_per_peer = max_per_peer  # IKE SAs a responder keeps for one peer address; 0 = no bound
         self._cookie_threshold = cookie_threshold  # at or above max_half_open: no cookies, the limit alone
         self._cookies = CookieJar(rng)
         self._sas: dict[int, IkeSA] = {}                    # by our SPI
@@ -276,6 +278,9 @@ class IkeManager:
             return None
         if len(self._half_open) >= self._max_half_open:
             self._count("half_open_limit")
+            return None
+        if self._max_per_peer and sum(sa.remote[0] == remote[0] for sa in self._sas.values()) >= self._max_per_peer:
+            self._count("per_peer_limit")  # one address cannot take the whole table (behind a NAT: raise it)
             return None
         ike = IkeSA(cfg, initiator=False, ispi=ispi, local=local, remote=remote, services=self._services, now=now)
         ike.rspi = self._new_ike_spi()
