@@ -77,6 +77,8 @@ XS_MAX_SAS = _DEFINES["XS_MAX_SAS"]
 XS_MAX_IFACES = _DEFINES["XS_MAX_IFACES"]
 XS_MAX_QUEUES = _DEFINES["XS_MAX_QUEUES"]
 XS_MAX_LOCAL_ADDRS = _DEFINES["XS_MAX_LOCAL_ADDRS"]
+XS_MAX_IKE_PREFIXES = _DEFINES["XS_MAX_IKE_PREFIXES"]
+XS_MAX_IKE_EXEMPT = _DEFINES["XS_MAX_IKE_EXEMPT"]
 XS_META_MAGIC = _DEFINES["XS_META_MAGIC"]
 XS_PROG_SPD = _DEFINES["XS_PROG_SPD"]
 
@@ -135,6 +137,14 @@ class XsAddrKey(ctypes.Structure):
     """struct xs_addr_key: key of xs_local_addrs."""
 
     _fields_ = [("addr", _Addr), ("family", _u8), ("pad", _u8 * 3)]
+
+
+class XsIkeLimits(ctypes.Structure):
+    """struct xs_ike_limits: xs_ike_limits[0], the IKE_SA_INIT rate limit as GCRA intervals and masks."""
+
+    _fields_ = [("interval_ns", ctypes.c_uint64), ("burst_ns", ctypes.c_uint64),
+                ("global_interval_ns", ctypes.c_uint64), ("global_burst_ns", ctypes.c_uint64),
+                ("mask4", _Addr), ("mask6", _Addr)]
 
 
 class XsAcquire(ctypes.Structure):

@@ -43,6 +43,11 @@ Schema (every key; the defaults are what an absent key means)::
     sas_per_worker = 4096          # ESP/AH SAs per worker, at most the BPF SAD's XS_MAX_SAS
     pending_acquires = 256         # trap-triggered initiations queued
     control_clients = 16           # concurrent control socket connections
+    ike_init_rate = 100            # IKE_SA_INIT requests/s per source prefix, dropped in XDP beyond it
+    ike_init_burst = 100           #   and how many may come at once (also each configured peer's own bucket)
+    ike_init_global_rate = 2000    # IKE_SA_INIT requests/s from all prefixes together (bursts of one second)
+    ike_init_prefix4 = 24          # the source prefix of those buckets: IPv4 /24
+    ike_init_prefix6 = 64          #   IPv6 /64
 
     [connections.<name>]           # as swanctl connections.<name>; <name> has no '/'
     local_addrs = ["192.0.2.1"]    # outer addresses; manual keying needs exactly one on each side,
@@ -281,6 +286,13 @@ class Limits:
     sas_per_worker: int = 4096     # ESP/AH SAs one worker holds (the BPF SAD has XS_MAX_SAS slots)
     pending_acquires: int = 256    # trap-triggered initiations queued at once
     control_clients: int = 16      # concurrent connections to the control socket
+    # IKE_SA_INIT rate limit in XDP (RFC 7296 §2.6; xdpsec/bpf/include/ratelimit.h): token buckets per source
+    # prefix, one global bucket; configured peers (remote_addrs) get a bucket of their own by exact address
+    ike_init_rate: int = 100       # requests per second per source prefix
+    ike_init_burst: int = 100      # bucket size per prefix (and per configured peer)
+    ike_init_global_rate: int = 2000  # requests per second, all prefixes together (bucket: one second's worth)
+    ike_init_prefix4: int = 24     # IPv4 prefix length of a source's bucket
+    ike_init_prefix6: int = 64     # IPv6 prefix length
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,10 @@ class Config:
 
     def local_addresses(self) -> set[IPAddress]:
         return {addr for conn in self.connections for addr in conn.local_addrs}
+
+    def ike_peer_addresses(self) -> set[IPAddress]:
+        """The configured remote addresses of IKE connections: each gets its own IKE_SA_INIT bucket in XDP."""
+        return {addr for conn in self.connections if conn.ike is not None for addr in conn.remote_addrs}
 
 
 # --- derived SAs and policies -------------------------------------------------------------------------------
@@ -1634,7 +1650,9 @@ def _fragment_size(ck: _Checker, tbl: dict, path: KeyPath) -> int | None:
 #: Upper bounds of [limits] (the lower bound is 1): beyond them a limit no longer limits anything this gateway
 #: can hold (sas_per_worker: the BPF SAD's XS_MAX_SAS slots).
 _LIMIT_MAX = {"half_open_ike_sas": 1_000_000, "ike_sas_per_peer": 65_536, "sas_per_worker": XS_MAX_SAS,
-              "pending_acquires": 65_536, "control_clients": 1024}
+              "pending_acquires": 65_536, "control_clients": 1024, "ike_init_rate": 1_000_000,
+              "ike_init_burst": 1_000_000, "ike_init_global_rate": 10_000_000, "ike_init_prefix4": 32,
+              "ike_init_prefix6": 128}
 _LISTEN_RE = re.compile(r"\[(?P<v6>[^\]]*)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]*):(?P<port>\d+)")
 
 

@@ -24,6 +24,9 @@ MIRRORS = [
     ("xs_sa_in", "Key", abi.XsSaInKey),
     ("xs_sa_in", "Leaf", abi.XsSaInVal),
     ("xs_local_addrs", "Key", abi.XsAddrKey),
+    ("xs_ike_limits", "Leaf", abi.XsIkeLimits),
+    ("xs_ike_prefixes", "Key", abi.XsAddrKey),
+    ("xs_ike_exempt", "Key", abi.XsAddrKey),
 ]
 
 
@@ -73,5 +76,5 @@ def test_meta_fits_the_metadata_area():
 
 
 def test_limits_read_from_the_header():
-    assert abi.XS_MAX_POLICIES == 256
+    assert abi.XS_MAX_POLICIES == 4096
     assert abi.XS_META_MAGIC == int.from_bytes(b"xsec", "big")

@@ -3,10 +3,13 @@
 Policies and flows are drawn from small pools of documentation addresses, prefixes, protocols and ports so that
 overlaps (and therefore first-match order, OUT/IN interplay and default actions) are common. The expected
 decision is the rule of xdpsec/bpf/include/spd.h written with `spd.lookup`, the Python reference of the matcher.
+Larger cases scatter the drawn policies among fillers over up to a full bank, so that the XDP walk's chunks (one
+run of the SPD program each, chained by tail calls) and their boundaries are crossed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
@@ -17,7 +20,7 @@ from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import Ether
 
 from xdpsec import spd
-from xdpsec.abi import Action, DropReason, Kind, PolicyDir
+from xdpsec.abi import XS_MAX_POLICIES, Action, DropReason, Kind, PolicyDir
 from xdpsec.io.bpf import XdpAction
 from xdpsec.sa import Flow, PortRange
 
@@ -108,11 +111,35 @@ def expected(policies, sas, default, flow):
     return XdpAction.DROP, DropReason.POLICY_DISCARD, None
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_classifier_agrees_with_reference(clf, run, seed):
+def filler(rng, pid):
+    """A policy no drawn flow matches (its source is outside ADDRS): it only pushes the others down the bank."""
+    version = rng.choice((4, 6))
+    src = ipaddress.ip_network("203.0.113.200/32" if version == 4 else "2001:db8:ffff::1/128")
+    return spd.Policy(id=pid, name=f"f{pid}", direction=rng.choice(list(PolicyDir)), action=rng.choice(list(Action)),
+                      priority=0, src=src, dst=rand_net(rng, version), child="a")
+
+
+def spread(rng, policies, total):
+    """`policies` in their order, scattered among fillers up to `total` rows, renumbered 1..total: the
+    matches then fall in different chunks of the XDP walk (spd.h), including the last."""
+    slots = sorted(rng.sample(range(total), len(policies)))
+    rows = [filler(rng, 0) for _ in range(total)]
+    for slot, policy in zip(slots, policies, strict=True):
+        rows[slot] = policy
+    return [dataclasses.replace(p, id=i) for i, p in enumerate(rows, start=1)]
+
+
+#: (seed, rows in the bank): small SPDs, then ones the walk crosses chunk boundaries of, up to a full bank.
+CASES = [(0, 0), (1, 0), (2, 0), (3, 0), (4, 257), (5, 1000), (6, 2500), (7, XS_MAX_POLICIES)]
+
+
+@pytest.mark.parametrize(("seed", "total"), CASES)
+def test_classifier_agrees_with_reference(clf, run, seed, total):
     rng = random.Random(seed)
     policies = sorted((rand_policy(rng, pid) for pid in range(1, rng.randrange(5, 60))),
                       key=lambda p: p.priority)
+    if total:
+        policies = spread(rng, policies, total)
     child_ids = {name: i for i, name in enumerate(CHILDREN)}
     sas = {name: 100 + i for i, name in enumerate(CHILDREN) if rng.random() < 0.7}
     default = rng.choice((Action.BYPASS, Action.DISCARD))
@@ -133,3 +160,9 @@ def test_classifier_agrees_with_reference(clf, run, seed):
         verdicts.add(want[:2])
     # the draw must exercise more than one outcome, or the comparison proves little
     assert len(verdicts) >= 3, verdicts
+
+
+def test_a_bank_holds_at_most_max_policies(clf):
+    rng = random.Random(8)
+    with pytest.raises(ValueError, match="at most"):
+        clf.set_policies(spread(rng, [], XS_MAX_POLICIES + 1), {"a": 0})

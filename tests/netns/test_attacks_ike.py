@@ -504,9 +504,11 @@ def settled(lab, timeout: float = 30.0) -> dict:
 
 
 def test_ike_sa_init_flood_from_spoofed_sources(tunnel, record_property):
-    """20,000 IKE_SA_INIT requests from spoofed sources, as fast as the wire node sends them: every one reaches
-    the IKE path (XDP `ike`) and is then either answered (a half-open SA up to the COOKIE threshold, a stateless
-    COOKIE request past it, RFC 7296 §2.6) or dropped by the kernel because the IKE socket's buffer is full."""
+    """20,000 IKE_SA_INIT requests from spoofed sources, as fast as the wire node sends them: XDP drops all but
+    what the two source prefixes' buckets allow (`ike_init_rate`, [limits] defaults); what it lets through
+    reaches the IKE path (XDP `ike`) and is then either answered (a half-open SA up to the COOKIE threshold, a
+    stateless COOKIE request past it, RFC 7296 §2.6) or dropped by the kernel because the IKE socket's buffer
+    is full."""
     lab, gws, ex = tunnel.lab, tunnel.gws, tunnel.ex
     before, xbefore, rcvbuf = ike_events(lab), xdp(gws), udp_rcvbuf_errors(lab)
     stream = Stream(lab, count=100)
@@ -518,23 +520,25 @@ def test_ike_sa_init_flood_from_spoofed_sources(tunnel, record_property):
     assert stream.received() >= 90, "the tunnel's stream did not pass during the flood"
     moved = delta(before, settled(lab))
     assert not any(moved.get(x) for x in BUG_EVENTS), moved
-    assert delta(xbefore, xdp(gws)).get("ike", 0) >= FLOOD * 0.99  # a veth may lose a few
+    xmoved = delta(xbefore, xdp(gws))
+    passed, limited = xmoved.get("ike", 0), xmoved.get("drop:ike_init_rate", 0)
+    print(f"XDP passed {passed} to the IKE socket and dropped {limited} (ike_init_rate)")
+    assert passed + limited >= FLOOD * 0.99  # a veth may lose a few
+    # two /24s at 100/s with bursts of 100 each, for the about one second the flood lasts
+    assert limited >= FLOOD * 0.9, xmoved
     created = len(half_open(gws))
     answered = created + moved.get("cookie_sent", 0) + moved.get("half_open_limit", 0)
     dropped = udp_rcvbuf_errors(lab) - rcvbuf
     print(f"half-open SAs {created}, IKE events {moved}, dropped by the kernel (RcvbufErrors) {dropped}")
     assert 0 < created <= 1024  # [limits] half_open_ike_sas, default (the COOKIE threshold is lower)
-    assert answered + dropped >= FLOOD * 0.99, (created, moved, dropped)
+    assert answered + dropped >= passed * 0.99, (created, moved, dropped)
     still_working(lab, gws, tunnel.ike_before)
 
 
 class NotEstablished(Exception):
-    """The expected failure of the flood test, and only it: any other error still fails that test."""
+    """No new IKE SA came up during the flood (the failure the XDP rate limit exists to prevent)."""
 
 
-@pytest.mark.xfail(strict=True, raises=NotEstablished,
-                   reason="no COOKIE / XDP rate limit yet (issue 4): COOKIEs are answered, but a flood overflows "
-                          "the IKE socket's buffer and the legitimate IKE_SA_INIT is lost with the rest")
 def test_a_new_ike_sa_comes_up_during_an_ike_sa_init_flood(tunnel):
     """The last test of the module: it replaces the tunnel's IKE SA. gwA terminates its IKE SA (before the flood:
     under it, the Delete exchange itself is lost), then initiates a new one while 15 s of flood run; the new one

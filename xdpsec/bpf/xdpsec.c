@@ -4,6 +4,7 @@
  *
  * It decides, per frame, between the kernel stack (non-IP, IKE, SPD BYPASS), a named drop, and a worker:
  * inbound ESP / ESP-in-UDP / AH whose SPI we hold, and cleartext that an OUT PROTECT policy sends into an SA.
+ * IKE_SA_INIT requests beyond a rate per source prefix, or a global one, are dropped (ratelimit.h).
  * A steered frame gets a struct xs_meta in front of it and is redirected to the AF_XDP socket of the queue it
  * arrived on (the only socket that can receive it); the meta names the SA's owner, which may be another worker.
  *
@@ -24,6 +25,7 @@
 #include "xdpsec_abi.h"
 #include "parse.h"
 #include "stats.h"
+#include "ratelimit.h"
 #include "spd.h"
 
 #define IKE_PORT 500                    /* RFC 7296 2 */
@@ -107,8 +109,10 @@ int xdpsec_classify(struct xdp_md *ctx)
 	if (pkt.proto == IPPROTO_ESP_ || pkt.proto == IPPROTO_AH_) {
 		rc = classify_ipsec(ctx, ifc, &pkt, c.pos);
 	} else if (pkt.proto == IPPROTO_UDP_ && pkt.l4_off) {
-		/* IKE belongs to the kernel (the IKE daemon), whatever the SPD says */
+		/* IKE belongs to the kernel (the IKE daemon), whatever the SPD says; a flood of IKE_SA_INIT does not */
 		if (pkt.dport == IKE_PORT) {
+			if (ike_limit(&pkt, c.pos + sizeof(struct udphdr), c.end) != XDP_PASS)
+				return XDP_DROP;
 			count_stat(XS_STAT_IKE);
 			return pass();
 		}
@@ -125,7 +129,7 @@ int xdpsec_classify(struct xdp_md *ctx)
 	}
 	if (rc != XS_TO_SPD)
 		return rc;
-	if (xs_scratch.update(&zero, &pkt))
+	if (xs_scratch.update(&zero, &pkt) || spd_walk_start(cfg))
 		return drop(XS_DROP_INTERNAL);
 	xs_progs.call(ctx, XS_PROG_SPD);
 	return drop(XS_DROP_INTERNAL);  /* only reached if the tail call failed */
@@ -236,6 +240,8 @@ static __always_inline int classify_encap(struct xdp_md *ctx, const struct xs_if
 	if (plen < NON_ESP_MARKER_LEN || payload + NON_ESP_MARKER_LEN > (__u8 *)end)
 		return drop(XS_DROP_MALFORMED_L4);
 	if (*(__u32 *)payload == 0) {
+		if (ike_limit(pkt, payload + NON_ESP_MARKER_LEN, end) != XDP_PASS)
+			return XDP_DROP;
 		count_stat(XS_STAT_IKE);
 		return pass();
 	}
@@ -263,8 +269,15 @@ static __always_inline int classify_cleartext(struct xdp_md *ctx, const struct x
 {
 	struct spd_match m;
 	struct xs_child *child;
+	int rc;
 
-	spd_lookup(cfg, pkt, &m);
+	rc = spd_lookup(pkt, &m);
+	if (rc > 0) {                   /* the walk goes on in the next run of the SPD program (spd.h) */
+		xs_progs.call(ctx, XS_PROG_SPD);
+		return drop(XS_DROP_INTERNAL);
+	}
+	if (rc < 0)
+		return drop(XS_DROP_INTERNAL);
 	if (m.out.found && m.out.action == XS_ACT_PROTECT) {
 		struct steering s = {
 			.kind = XS_KIND_PROTECT, .stat = XS_STAT_PROTECT, .policy_id = m.out.policy_id,

@@ -37,7 +37,9 @@ XDP_FLAGS = {"native": 1 << 2, "generic": 1 << 1}  # XDP_FLAGS_DRV_MODE, XDP_FLA
 SA_PROTOS = frozenset({50, 51})  # ESP, AH
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.M)
-_MAP_DECL = re.compile(r"^BPF_\w+\((xs_\w+),", re.M)
+# BPF_HASH(xs_name, ...) and BPF_TABLE("lru_hash", key, leaf, xs_name, ...) (bcc has no macro for every type)
+_MAP_DECL = re.compile(r'^BPF_\w+\((?:"\w+",[^,]+,[^,]+,\s*)?(xs_\w+),', re.M)
+NS_PER_S = 1_000_000_000
 
 
 class XdpAction(enum.IntEnum):
@@ -88,6 +90,20 @@ def _words(addr: bytes) -> ctypes.Array:
 
 def addr_key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> abi.XsAddrKey:
     return abi.XsAddrKey(addr=_words(addr.packed), family=addr.version)
+
+
+def ike_limits_entry(rate: int, burst: int, global_rate: int, global_burst: int, prefix4: int,
+                     prefix6: int) -> abi.XsIkeLimits:
+    """The row of xs_ike_limits: buckets of `rate` requests/s holding `burst` as GCRA intervals (ratelimit.h)."""
+    if min(rate, burst, global_rate, global_burst) < 1 or max(rate, global_rate) > NS_PER_S:
+        raise ValueError("IKE_SA_INIT rates must be 1..1e9 per second and bursts at least 1")
+    interval, global_interval = NS_PER_S // rate, NS_PER_S // global_rate
+    return abi.XsIkeLimits(
+        interval_ns=interval, burst_ns=burst * interval,
+        global_interval_ns=global_interval, global_burst_ns=global_burst * global_interval,
+        mask4=_words(ipaddress.IPv4Network(f"0.0.0.0/{prefix4}").netmask.packed),
+        mask6=_words(ipaddress.IPv6Network(f"::/{prefix6}").netmask.packed),
+    )
 
 
 def policy_entry(policy: spd.Policy, child_id: int) -> abi.XsPolicy:
@@ -288,6 +304,36 @@ class Classifier:
                 del table[key]
         for key in wanted.values():
             table[key] = ctypes.c_uint32(1)
+
+    def set_ike_limits(self, *, rate: int, burst: int, global_rate: int, global_burst: int | None = None,
+                       prefix4: int = 24, prefix6: int = 64) -> None:
+        """Limit IKE_SA_INIT requests to `rate`/s per source prefix (/prefix4, /prefix6) with bursts of `burst`,
+        and to `global_rate`/s in all (bursts of `global_burst`, default one second's worth). See ratelimit.h."""
+        row = ike_limits_entry(rate, burst, global_rate, global_burst or global_rate, prefix4, prefix6)
+        self["xs_ike_limits"][ctypes.c_uint32(0)] = row
+
+    def clear_ike_limits(self) -> None:
+        """No IKE_SA_INIT limit (the state after loading)."""
+        self["xs_ike_limits"][ctypes.c_uint32(0)] = abi.XsIkeLimits()
+        self["xs_ike_prefixes"].clear()
+        self["xs_ike_global"][ctypes.c_uint32(0)] = ctypes.c_uint64(0)
+
+    def set_ike_exempt(self, addrs: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+        """Replace the configured IKE peers that get a bucket of their own (by exact address) instead of their
+        prefix's and the global one; a peer that stays keeps its bucket."""
+        table = self["xs_ike_exempt"]
+        wanted = {bytes(addr_key(a)): addr_key(a) for a in addrs}
+        if len(wanted) > abi.XS_MAX_IKE_EXEMPT:
+            raise ValueError(f"{len(wanted)} IKE peers exempt from the prefix limit, at most {abi.XS_MAX_IKE_EXEMPT}")
+        kept = set()
+        for key in list(table.keys()):
+            if bytes(key) in wanted:
+                kept.add(bytes(key))
+            else:
+                del table[key]
+        for raw, key in wanted.items():
+            if raw not in kept:
+                table[key] = ctypes.c_uint64(0)
 
     def _xsk_key(self, ifslot: int, queue: int) -> ctypes.c_uint32:
         if not (0 <= ifslot < abi.XS_MAX_IFACES and 0 <= queue < abi.XS_MAX_QUEUES):

@@ -8,9 +8,22 @@
  * that cleartext which should have arrived through an SA is dropped (RFC 4301 5.2): IN PROTECT drops it as
  * POLICY_CLEARTEXT, IN DISCARD drops it, IN BYPASS passes it. An OUT BYPASS with no IN match passes; no
  * match at all takes the configured default action. One pass over the bank finds both first matches.
+ *
+ * The pass is walked in chunks of SPD_CHUNK policies, one chunk per run of the SPD program, which tail-calls
+ * itself for the next chunk (the walk's position and matches so far wait in the per-CPU xs_spd_walk). The
+ * verifier explores a bounded loop iteration by iteration, about 820 instructions each: a chunk of 256 costs
+ * 235k of its 1M budget, one loop over 4,096 policies would need 3.3M. (bpf_loop() would verify its body once,
+ * but bcc 0.26 does not relocate the callback's address: "R2 type=scalar expected=func".)
+ * The bank and its count are read once, when the walk starts, so a bank flip between two chunks is not seen:
+ * a packet still meets the whole old SPD or the whole new one.
  */
 #ifndef XDPSEC_SPD_H
 #define XDPSEC_SPD_H
+
+#define SPD_CHUNK 256                   /* policies per run of the SPD program */
+#define SPD_MAX_RUNS 33                 /* MAX_TAIL_CALL_CNT (include/linux/bpf.h): the parser's call is one */
+_Static_assert(XS_MAX_POLICIES % SPD_CHUNK == 0, "a bank is a whole number of chunks");
+_Static_assert(XS_MAX_POLICIES / SPD_CHUNK + 1 <= SPD_MAX_RUNS, "the walk must fit the tail call limit");
 
 BPF_ARRAY(xs_policies, struct xs_policy, 2 * XS_MAX_POLICIES);
 BPF_ARRAY(xs_child_out, struct xs_child, XS_MAX_CHILDREN);
@@ -86,39 +99,76 @@ static __always_inline void spd_take(struct spd_hit *hit, const struct xs_policy
 	hit->found = 1;
 }
 
-static __always_inline void spd_lookup(const struct xs_config_val *cfg, const struct xs_pkt *pkt,
-				       struct spd_match *m)
-{
-	__u32 bank = cfg->active_bank & 1;
-	__u32 count = cfg->count[bank];
+/* Where a packet's walk stands between two runs of the SPD program. Per CPU, like xs_scratch: the runs of
+ * one packet follow each other on one CPU with no other frame in between. */
+struct spd_walk {
+	struct spd_match m;
+	__u32 next;                     /* slot of the next policy to look at */
+	__u32 end;                      /* one past the last slot of the bank the walk started on */
+};
 
-	__builtin_memset(m, 0, sizeof(*m));
+BPF_PERCPU_ARRAY(xs_spd_walk, struct spd_walk, 1);
+
+/* Start a packet's walk on the bank active now. Called once per packet, before the first run. */
+static __always_inline int spd_walk_start(const struct xs_config_val *cfg)
+{
+	__u32 zero = 0, bank = cfg->active_bank & 1, count = cfg->count[bank];
+	struct spd_walk w = {};
+
+	if (count > XS_MAX_POLICIES)
+		count = XS_MAX_POLICIES;
+	w.next = bank * XS_MAX_POLICIES;
+	w.end = w.next + count;
+	return xs_spd_walk.update(&zero, &w);
+}
+
+/*
+ * Look at the next chunk of the walk; m gets the matches so far. Returns 0 when they are final (the walk
+ * is over: both matches found, an OUT match that decides, or the bank exhausted), 1 when the next run of
+ * the SPD program must continue, -1 when the walk state is missing.
+ */
+static __always_inline int spd_lookup(const struct xs_pkt *pkt, struct spd_match *m)
+{
+	__u32 zero = 0;
+	struct spd_walk *w = xs_spd_walk.lookup(&zero);
+	__u32 next, end;
+
+	if (!w)
+		return -1;
+	next = w->next;
+	end = w->end;
+	*m = w->m;
 	/* a real loop: unrolled copies would each be verified on their own */
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < XS_MAX_POLICIES; i++) {
-		__u32 slot = bank * XS_MAX_POLICIES + i;
+	for (__u32 i = 0; i < SPD_CHUNK; i++) {
+		__u32 slot = next + i;
 		struct xs_policy *p;
 
-		if (i >= count)
-			break;
+		if (slot >= end)
+			return 0;
 		p = xs_policies.lookup(&slot);
 		if (!p)
-			break;
+			return 0;
 		if (p->direction == XS_DIR_OUT) {
 			if (m->out.found || policy_mismatch(p, pkt))
 				continue;
 			spd_take(&m->out, p);
 			/* an OUT PROTECT or DISCARD decides without looking at IN policies */
 			if (p->action != XS_ACT_BYPASS)
-				break;
+				return 0;
 		} else {
 			if (m->in.found || policy_mismatch(p, pkt))
 				continue;
 			spd_take(&m->in, p);
 		}
 		if (m->out.found && m->in.found)
-			break;
+			return 0;
 	}
+	if (next + SPD_CHUNK >= end)
+		return 0;
+	w->next = next + SPD_CHUNK;
+	w->m = *m;
+	return 1;
 }
 
 #endif /* XDPSEC_SPD_H */

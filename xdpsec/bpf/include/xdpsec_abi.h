@@ -46,6 +46,7 @@ enum xs_drop {
 	XS_DROP_SA_MISMATCH = 28,       /* packet does not fit the SA it names (addresses, encapsulation, protocol) */
 	XS_DROP_NOT_IP = 29,            /* not IPv4/IPv6 where IP was required */
 	XS_DROP_INTERNAL = 30,          /* classifier incomplete: the SPD program is missing from xs_progs */
+	XS_DROP_IKE_INIT_RATE = 31,     /* IKE_SA_INIT request over its source prefix's or the global rate */
 	XS_DROP__MAX
 };
 
@@ -86,12 +87,14 @@ enum xs_dir {
 };
 
 /* Size limits of the maps. The SPD holds two banks of XS_MAX_POLICIES (see struct xs_config_val). */
-#define XS_MAX_POLICIES 256
+#define XS_MAX_POLICIES 4096            /* walked SPD_CHUNK at a time (spd.h) */
 #define XS_MAX_CHILDREN 1024
 #define XS_MAX_SAS 4096
 #define XS_MAX_IFACES 16
 #define XS_MAX_QUEUES 64
-#define XS_MAX_LOCAL_ADDRS 64
+#define XS_MAX_LOCAL_ADDRS 4096         /* a gateway with an outer address per tunnel */
+#define XS_MAX_IKE_PREFIXES 16384      /* IKE_SA_INIT buckets by source prefix (LRU) */
+#define XS_MAX_IKE_EXEMPT 4096         /* configured IKE peers with a bucket of their own */
 #define XS_MAX_VLAN_TAGS 2              /* 802.1ad outer + 802.1Q inner */
 #define XS_MAX_EXTHDRS 8                /* IPv6 extension headers parsed before giving up */
 #define XS_META_MAGIC 0x78736563        /* "xsec": struct xs_meta is present */
@@ -183,6 +186,20 @@ struct xs_addr_key {
 	__be32 addr[4];
 	__u8 family;                    /* 4 or 6 */
 	__u8 pad[3];
+};
+
+/*
+ * xs_ike_limits[0]: the IKE_SA_INIT rate limit (ratelimit.h), as GCRA parameters so that the program never
+ * divides: a bucket of rate r and size b has interval 1e9 / r ns and burst b * interval ns. interval_ns 0: no
+ * limit. The masks cut a source address (xs_addr_key layout) down to its prefix.
+ */
+struct xs_ike_limits {
+	__u64 interval_ns;              /* per prefix (and per exempt peer) */
+	__u64 burst_ns;
+	__u64 global_interval_ns;       /* all prefixes together */
+	__u64 global_burst_ns;
+	__be32 mask4[4];                /* IPv4 prefix in word 0, the other words zero */
+	__be32 mask6[4];
 };
 
 /*
