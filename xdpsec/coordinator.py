@@ -18,6 +18,19 @@ IKE hands its child SAs over through `install_child` and `remove_child`. A child
 once while it is rekeyed (RFC 7296 §2.8): `ChildPairs` says which one carries its outbound traffic; every
 other keeps decrypting until IKE names it in `remove_child`, so no packet is lost at a rekey.
 
+Many peers on one connection (a road-warrior hub, `remote_addrs = ["%any"]`): the unit of the data path is a
+child *instance*, one per peer, not the configured child. The IKE shell names it (xdpsec/ikeservice.py):
+`conn/child` for a connection with a configured peer, `conn/child[peer address]` (plus `:port` behind a NAT)
+for one that accepts any; `xdpsec sas` and `status` show that name. ChildPairs, the classifier's child entries
+(`child_ids`, allocated and freed per instance) and the SPD entries below are per instance, so a second peer
+never replaces the first. RFC 4301 §4.4.1 and RFC 7296 §2.9: the SPD entries an IKE-created SA needs come from
+its negotiated, possibly narrowed, selectors. So for an instance of a `%any` connection, or whose selectors are
+narrower than the configuration's, `instance_policies` derives them from the SA (OUT PROTECT steering to this
+instance, IN PROTECT requiring ESP for its peer's traffic); they are added with the instance's first pair and
+taken away with its last, one atomic SPD flip each time (`merge_policies`: same priority class as the child's
+configured policies, before them, more specific first). The configured policies of a `%any` child stay as the
+catch-all: their child entry never has an SA, so traffic no instance covers drops as no_sa, never in clear.
+
 Reload (`xdpsec reload`, or SIGHUP, whose handler only queues it for the main thread) re-reads the file the
 gateway was started with. A file with errors changes nothing; otherwise xdpsec/reload.py says what differs
 and only that is touched: new SAs are installed before the SPD that uses them flips, removed ones are torn
@@ -52,7 +65,7 @@ import multiprocess
 from xdpsec import config as configmod
 from xdpsec import logs, metrics
 from xdpsec import reload as reloadmod
-from xdpsec.abi import Action, PolicyDir
+from xdpsec.abi import XS_MAX_CHILDREN, Action, PolicyDir
 from xdpsec.control import ControlError, ControlServer, socket_path
 from xdpsec.dataplane.core import Port, Route
 from xdpsec.ike.conf import StartAction
@@ -66,6 +79,7 @@ from xdpsec.io.xsk import Umem, XskSocket
 from xdpsec.keyexport import KeyExport
 from xdpsec.proposals import format_transform
 from xdpsec.sa import Direction, LimitReached, SAParams
+from xdpsec.spd import Policy, auto_priority
 from xdpsec.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("xdpsec.dataplane")
@@ -84,6 +98,56 @@ RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after star
 USAGE_MAX_AGE = 1.0  # seconds: IKE's byte/packet lifetimes read counters at most this old (refreshed in the background)
 RETIRE_GRACE = 0.5  # seconds an SA replaced in a rekey lives on, for frames XDP already classified for it
 TOP_DROPS = 5  # drop reasons `xdpsec status` shows
+#: Policy ids of per-instance policies start here, far above any configuration's 1..n: a configured policy keeps
+#: its id (and its hit counter) when instances come and go.
+INSTANCE_POLICY_IDS = 1 << 24
+
+
+def instance_policies(instance: str, out_p: SAParams, priority: int = 0) -> list[Policy]:
+    """The SPD entries one IKE-created child instance needs, from its outbound SA's negotiated selectors (RFC
+    7296 §2.9 narrowing; RFC 4301 §4.4.1: an SA created by IKE brings the SPD entries its selectors describe).
+
+    OUT PROTECT (source in local_ts, destination in remote_ts) steers to this instance; IN PROTECT (the
+    reverse) drops that traffic when it arrives in clear (RFC 4301 §5.2). `priority` is the child's configured
+    one; 0 picks strongSwan's automatic priority per policy, so narrower selectors come first. Ids are 0: the
+    caller numbers them."""
+    out = []
+    for direction, srcs, dsts in ((PolicyDir.OUT, out_p.local_ts, out_p.remote_ts),
+                                  (PolicyDir.IN, out_p.remote_ts, out_p.local_ts)):
+        # the same pairing (families, protocols, ICMP types) as the configured policies
+        for src, dst, proto, sports, dports in configmod._selector_pairs(srcs, dsts):
+            policy = Policy(id=0, name=instance, direction=direction, action=Action.PROTECT, priority=priority,
+                            src=src, dst=dst, proto=proto, sports=sports, dports=dports, child=instance)
+            out.append(policy if priority else dataclasses.replace(policy, priority=auto_priority(policy)))
+    return out
+
+
+def _selectors(policies: list[Policy]) -> set[tuple]:
+    return {(p.direction, p.action, p.src, p.dst, p.proto, p.sports, p.dports) for p in policies}
+
+
+def needs_own_policies(derived: list[Policy], configured: list[Policy], *, any_peer: bool) -> bool:
+    """Whether an instance needs policies of its own: its connection accepts any peer (the configured ones are
+    the catch-all of every instance), or its negotiated selectors differ from the configured ones (narrowed)."""
+    return any_peer or _selectors(derived) != _selectors(configured)
+
+
+def merge_policies(configured: list[Policy], instances: dict[str, list[Policy]]) -> list[Policy]:
+    """The SPD the classifier walks: configured and per-instance policies in priority order (lower first).
+
+    At equal priority an instance's policies come before configured ones (they are the child's own, narrower
+    or peer-specific, entries) and among instances the more specific first (strongSwan's automatic priority as
+    the tie-break). The configured policies keep their ids and relative order; the instances' already carry
+    theirs (INSTANCE_POLICY_IDS and up)."""
+    dynamic = [p for name in sorted(instances) for p in instances[name]]
+    tagged = [((p.priority, 0, auto_priority(p)), p) for p in dynamic]
+    tagged += [((p.priority, 1, 0), p) for p in configured]
+    return [p for _key, p in sorted(tagged, key=lambda t: t[0])]
+
+
+def base_child(instance: str) -> str:
+    """`conn/child` of an instance name `conn/child[peer]` (and of `conn/child` itself)."""
+    return instance.split("[", 1)[0]
 
 
 @dataclass
@@ -166,6 +230,10 @@ class ChildPairs:
     def active(self, child: str) -> ChildPair | None:
         return next((p for p in self._pairs.get(child, ()) if p.state == PairState.ACTIVE), None)
 
+    def instances(self, base: str) -> list[str]:
+        """The children holding pairs that are `base` (`conn/child`) or an instance of it (`conn/child[...]`)."""
+        return sorted(name for name in self._pairs if base_child(name) == base)
+
     def by_in_spi(self, in_spi: int) -> ChildPair | None:
         return next((p for pairs in self._pairs.values() for p in pairs if p.in_spi == in_spi), None)
 
@@ -196,7 +264,9 @@ class Gateway:
         self.workers: list[WorkerHandle] = []
         self.rings: dict[tuple[int, int], HandoffRing] = {}
         self.sas: dict[int, InstalledSA] = {}
-        self.child_ids: dict[str, int] = {}
+        self.child_ids: dict[str, int] = {}  # child or child instance -> its slot in the classifier's xs_child_out
+        self.instance_policies: dict[str, list[Policy]] = {}  # instance -> its own SPD entries (under _sa_lock)
+        self._policy_ids = itertools.count(INSTANCE_POLICY_IDS)
         self.pairs = ChildPairs()  # under _sa_lock
         self._retiring: list[tuple[float, int]] = []  # (when, SA index): SAs deleted after RETIRE_GRACE
         self._sa_index = itertools.count(1)
@@ -254,6 +324,10 @@ class Gateway:
         for slot, iface in self.ifaces.items():
             cl.set_iface(iface.index, slot)
         cl.set_local_addrs(self.cfg.local_addresses())
+        lim = self.cfg.limits  # IKE_SA_INIT floods are dropped in XDP (RFC 7296 §2.6, bpf/include/ratelimit.h)
+        cl.set_ike_limits(rate=lim.ike_init_rate, burst=lim.ike_init_burst, global_rate=lim.ike_init_global_rate,
+                          prefix4=lim.ike_init_prefix4, prefix6=lim.ike_init_prefix6)
+        cl.set_ike_exempt(self.cfg.ike_peer_addresses())
 
         for a in range(self.nworkers):
             for b in range(self.nworkers):
@@ -268,8 +342,8 @@ class Gateway:
 
         self._install_manual_sas()
         for pol in self.policies:  # children keyed later (IKE) get their entry now: PROTECT without SA drops
-            if pol.child and pol.child not in self.child_ids:
-                self.child_ids[pol.child] = len(self.child_ids) + 1
+            if pol.child:
+                self._child_id(pol.child)
         cl.set_policies(self.policies, self.child_ids)
 
         threading.Thread(target=self._pump, name="pump", daemon=True).start()
@@ -405,14 +479,20 @@ class Gateway:
         The pairs it replaces stay installed, their inbound SAs decrypting, until `remove_child` names them
         (RFC 7296 §2.8: the old SA is deleted after the new one is up, and the peer sends on it until it has
         switched). Without `activate_out` (a rekey responder) the new outbound SA waits for the active pair's
-        `remove_child`. Manual keying has no Delete: a manual child's earlier pairs go at once."""
+        `remove_child`. Manual keying has no Delete: a manual child's earlier pairs go at once.
+
+        `child` is a child instance for IKE (see the module docstring): its first pair brings the SPD entries
+        its negotiated selectors need, if the configured ones do not cover exactly that."""
         if self._update_child(child, out_p, in_p):
             return
         with self._sa_lock:
-            if child not in self.child_ids:
-                self.child_ids[child] = len(self.child_ids) + 1
-            n = self.child_ids[child] - 1
-            self._check_room(n % self.nworkers, (n + 1) % self.nworkers)
+            n = self._child_id(child) - 1
+            try:
+                self._check_room(n % self.nworkers, (n + 1) % self.nworkers)
+            except LimitReached:
+                if not self.pairs.of(child):  # refused before anything was installed: the slot is free again
+                    self._drop_instance(child)
+                raise
             out_sa = self._new_sa(child, out_p, owner=n % self.nworkers)
             in_sa = self._new_sa(child, in_p, owner=(n + 1) % self.nworkers)  # two directions, two cores
         self._send_sa(in_sa, wait)
@@ -426,6 +506,8 @@ class Gateway:
                 self.pairs.remove(child, old)
         if activate_out:
             self._steer(child, pair)
+        if not self.cfg_is_manual(child):  # after the steering: a new policy never points at an empty entry
+            self._set_instance_policies(child, out_p)
         for old in replaced:
             self._delete_pair(old)
         self._want_route(out_p.remote.packed)
@@ -433,6 +515,63 @@ class Gateway:
                  out_sa.index, out_sa.owner, "" if activate_out else ", used once the pair it replaces is deleted",
                  in_p.spi, in_sa.index, in_sa.owner)
         self._export_keys("child", out_p, in_p)
+
+    def _child_id(self, child: str) -> int:
+        """The classifier's child slot of a child or instance (1.., 0 means none): its own, else the lowest free
+        one. Instances come and go with peers; their slots are freed (`_drop_instance`) and reused."""
+        with self._sa_lock:
+            if child in self.child_ids:
+                return self.child_ids[child]
+            taken = set(self.child_ids.values())
+            free = next((i for i in range(1, XS_MAX_CHILDREN) if i not in taken), None)
+            if free is None:
+                self.limit_hits["children"] += 1
+                raise LimitReached(f"all {XS_MAX_CHILDREN - 1} child entries of the classifier are in use")
+            self.child_ids[child] = free
+            return free
+
+    def _set_instance_policies(self, instance: str, out_p: SAParams) -> None:
+        """Give an IKE child instance the SPD entries its negotiated selectors need (see the module docstring),
+        if the configured ones do not already say exactly that for its one peer; one SPD flip when they change."""
+        base = base_child(instance)
+        conn_name, _, child_name = base.partition("/")
+        conn = next((c for c in self.cfg.connections if c.name == conn_name), None)
+        child = next((ch for ch in conn.children if ch.name == child_name), None) if conn else None
+        derived = instance_policies(instance, out_p, child.priority if child is not None else 0)
+        configured = [p for p in self.policies if p.child == base]
+        own = needs_own_policies(derived, configured, any_peer=conn is None or not conn.remote_addrs)
+        with self._sa_lock:
+            current = self.instance_policies.get(instance, [])
+            if _selectors(current) == _selectors(derived if own else []):
+                return
+            if own:
+                self.instance_policies[instance] = [dataclasses.replace(p, id=next(self._policy_ids))
+                                                    for p in derived]
+            else:
+                self.instance_policies.pop(instance, None)
+            self._flip_spd()
+        log.info("%s: %d polic%s of its own from the negotiated selectors %s -> %s", instance,
+                 len(derived) if own else 0, "y" if own and len(derived) == 1 else "ies",
+                 ", ".join(map(str, out_p.local_ts)), ", ".join(map(str, out_p.remote_ts)))
+
+    def _drop_instance(self, instance: str) -> None:
+        """An instance's last pair went: remove its own policies (one flip) and free its child entry, unless a
+        configured policy names it (a child with a configured peer keeps its slot)."""
+        with self._sa_lock:
+            if self.instance_policies.pop(instance, None) is not None:
+                self._flip_spd()
+                log.info("%s: its own policies removed", instance)
+            if instance in self.child_ids and not any(p.child == instance for p in self.policies):
+                self.classifier.clear_child_sa(self.child_ids.pop(instance))
+
+    def _flip_spd(self) -> None:
+        """Write the whole SPD (configured and per-instance policies) into the classifier: one atomic bank flip."""
+        self.classifier.set_policies(self.spd(), self.child_ids)
+
+    def spd(self) -> list[Policy]:
+        """The SPD in force: the configured policies and every instance's own, in the order XDP walks them."""
+        with self._sa_lock:
+            return merge_policies(self.policies, self.instance_policies)
 
     def _steer(self, child: str, pair: ChildPair) -> None:
         """Point the classifier's child entry at `pair`'s outbound SA: one map update, so each packet meets
@@ -504,6 +643,8 @@ class Gateway:
             log.info("%s: sending on SA 0x%08x now (the pair it replaces was deleted)", child, successor.out_spi)
         elif not carries_on and child in self.child_ids:
             self.classifier.clear_child_sa(self.child_ids[child])
+        if not self.pairs.of(child):  # the instance is gone: so are its own policies and, then, its child entry
+            self._drop_instance(child)
         for pair in gone:
             if carries_on:
                 self._retire(pair)
@@ -712,7 +853,9 @@ class Gateway:
         now = time.monotonic()
         if now - self._trapped.get(child, -TRAP_RETRY) < TRAP_RETRY:
             return
-        pending = sum(now - t < TRAP_RETRY for t in self._trapped.values())
+        with self._sa_lock:  # started within TRAP_RETRY and not keyed yet (a failed one counts until then)
+            pending = sum(now - t < TRAP_RETRY and self.pairs.active(name) is None
+                          for name, t in self._trapped.items())
         if pending >= self.cfg.limits.pending_acquires:  # negotiations started by traffic, still in progress
             self.limit_hits["pending_acquires"] += 1
             log.warning("%s: acquire ignored: %d negotiations started by traffic are pending ([limits] "
@@ -722,7 +865,7 @@ class Gateway:
         log.info("%s: traffic needs an SA (acquire): initiating", child)
         try:
             self.ike.command("initiate", *trap)
-        except queue.Full:  # the IKE thread is behind: the next acquire (XDP sends one a second) retries
+        except RuntimeError:  # the IKE thread is behind: the next acquire (XDP sends one a second) retries
             self.limit_hits["ike_commands"] += 1
             del self._trapped[child]
 
@@ -825,7 +968,7 @@ class Gateway:
         for sa in installed:
             p = sa.params
             live = ((snaps.get(sa.owner) or {}).get("sas") or {}).get(sa.index, {})
-            row = {"index": sa.index, "name": p.name or sa.child, "direction": p.direction.value,
+            row = {"index": sa.index, "name": sa.child, "direction": p.direction.value,  # the instance
                    "protocol": p.protocol.name.lower(), "mode": p.mode.value, "spi": f"0x{p.spi:08x}",
                    "local": str(p.local), "remote": str(p.remote),
                    "encap": f"{p.encap.sport}->{p.encap.dport}" if p.encap else None,
@@ -842,9 +985,10 @@ class Gateway:
     def _cmd_policies(self, _args: dict) -> list[dict]:
         hits = self.classifier.policy_hits()
         with self._sa_lock:
-            sending = {pol.child: pair.out for pol in self.policies if (pair := self.pairs.active(pol.child))}
+            policies = self.spd()
+            sending = {pol.child: pair.out for pol in policies if (pair := self.pairs.active(pol.child))}
         rows = []
-        for pol in self.policies:
+        for pol in policies:
             def ports(r):
                 return "any" if r.is_any else (str(r.lo) if r.lo == r.hi else f"{r.lo}-{r.hi}")
             rows.append({"id": pol.id, "name": pol.name, "direction": pol.direction.name.lower(),
@@ -865,7 +1009,8 @@ class Gateway:
                             "handoff_in": snap.get("handoff_in", 0), "handoff_out": snap.get("handoff_out", 0),
                             "drops": snap.get("drops", {}), "sockets": snap.get("sockets", {})})
         return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()},
-                "ike": self.ike.counters() if self.ike is not None else {}, "limits": dict(self.limit_hits)}
+                "ike": self.ike.counters() if self.ike is not None else {}, "limits": {**self.limit_hits,
+                           "control_clients": self.control.refused if self.control is not None else 0}}
 
     def _cmd_status(self, _args: dict) -> dict:
         """One screen: what runs, whether the tunnels are up, and what is being dropped."""
@@ -881,7 +1026,7 @@ class Gateway:
                                 "queues": self.ifaces[s].rx_queues} for s, p in self.ports.items()],
                 "workers": [{"id": h.wid, "pid": h.proc.pid, "alive": h.proc.is_alive(), "restarts": h.restarts}
                             for h in self.workers],
-                "connections": self._connections_status(), "sas": len(self.sas), "policies": len(self.policies),
+                "connections": self._connections_status(), "sas": len(self.sas), "policies": len(self.spd()),
                 "top_drops": [{"reason": r, "count": n} for n, r in top]}
 
     def _connections_status(self) -> list[dict]:
@@ -891,7 +1036,7 @@ class Gateway:
             ike_sas.setdefault(info["conn"], []).append(info)
         rows = []
         for conn in self.cfg.connections:
-            children = [self._child_status(conn.name, child) for child in conn.children]
+            children = [row for child in conn.children for row in self._child_status(conn.name, child)]
             keyed = [c for c in children if c["state"] in ("installed", "down")]
             if conn.ike is not None:
                 states = {info["state"] for info in ike_sas.get(conn.name, ())}
@@ -905,17 +1050,22 @@ class Gateway:
                          "state": state, "children": children})
         return rows
 
-    def _child_status(self, conn: str, child) -> dict:
+    def _child_status(self, conn: str, child) -> list[dict]:
+        """One row per installed instance of the child (`net`, or `net[192.0.2.11]` per peer of a `%any`
+        connection), or one "down" row when it has none."""
         if child.mode in (configmod.ChildMode.PASS, configmod.ChildMode.DROP):
-            return {"name": child.name, "state": child.mode.value}
+            return [{"name": child.name, "state": child.mode.value}]
+        base = f"{conn}/{child.name}"
+        rows = []
         with self._sa_lock:
-            active = self.pairs.active(f"{conn}/{child.name}")
-            pair = (self.sas[active.out].params, self.sas[active.inb].params) if active else None
-        if pair is None:
-            return {"name": child.name, "state": "down"}
-        out_p, in_p = pair
-        return {"name": child.name, "state": "installed", "mode": out_p.mode.value,
-                "out_spi": f"0x{out_p.spi:08x}", "in_spi": f"0x{in_p.spi:08x}"}
+            for instance in self.pairs.instances(base):
+                if (active := self.pairs.active(instance)) is None:
+                    continue
+                out_p, in_p = self.sas[active.out].params, self.sas[active.inb].params
+                rows.append({"name": child.name + instance[len(base):], "state": "installed",
+                             "mode": out_p.mode.value, "peer": str(out_p.remote),
+                             "out_spi": f"0x{out_p.spi:08x}", "in_spi": f"0x{in_p.spi:08x}"})
+        return rows or [{"name": child.name, "state": "down"}]
 
     # --- reload ----------------------------------------------------------------------------------------------
     def reload(self) -> dict:
@@ -954,12 +1104,13 @@ class Gateway:
         for name in plan.manual.added + plan.manual.changed:  # make: the SAs exist before a policy points at them
             self.install_child(name, *manual[name])
         policies = new.policies()
-        for pol in policies:
-            if pol.child and pol.child not in self.child_ids:
-                self.child_ids[pol.child] = len(self.child_ids) + 1
-        if plan.policies_changed:
-            self.classifier.set_policies(policies, self.child_ids)  # one atomic bank flip
-        self.policies = policies
+        with self._sa_lock:
+            for pol in policies:
+                if pol.child:
+                    self._child_id(pol.child)
+            if plan.policies_changed:  # one atomic bank flip; the instances' own policies stay
+                self.classifier.set_policies(merge_policies(policies, self.instance_policies), self.child_ids)
+            self.policies = policies
         self.cfg = new
         for name in plan.manual.removed:  # break: no policy steers traffic to them any more
             self.remove_child(name)
@@ -997,6 +1148,8 @@ class Gateway:
                 "until then traffic from the gateway host itself follows the old routes"]
 
     def _reconfigure_ike(self, conns: list, diff: reloadmod.Diff) -> dict:
+        # Peers of added connections get their own IKE_SA_INIT bucket in XDP, removed ones lose it.
+        self.classifier.set_ike_exempt({a for conn in conns for a in conn.remote_addrs})
         if self.ike is None:
             if conns:
                 self._start_ike(conns)

@@ -5,9 +5,15 @@ against it, and its timers are relative anyway. It waits on the IKE sockets (UDP
 and IPv6), a wake-up pipe for commands, and the manager's next timer; it feeds datagrams in with the time,
 sends what the manager hands back, and turns its events into data-path changes:
 
-    ChildUp   -> Gateway.install_child(child, outbound SAParams, inbound SAParams, activate_out=...)
-    ChildDown -> Gateway.remove_child(child, out_spi, in_spi)   (only those SAs: a rekey's successor stays)
+    ChildUp   -> Gateway.install_child(instance, outbound SAParams, inbound SAParams, activate_out=...)
+    ChildDown -> Gateway.remove_child(instance, out_spi, in_spi)   (only those SAs: a rekey's successor stays)
     IkeUp     -> on_ike_up(event), when set (the key export)
+
+The data path keys a child by its *instance* (`instance_name`): `conn/child` when the connection names its peer,
+`conn/child[peer address]` (with `:port` when UDP-encapsulated from a port other than 4500, i.e. behind a NAT)
+when it accepts any peer, so each peer of a `%any` responder has its own SA pairs and policies. A pair keeps the
+instance it was installed under (a NAT update reports the same SPIs from a new address); a new pair of a peer
+that already has one (a rekey, a re-authentication) joins that instance, so the rekey rules below hold per peer.
 
 A child rekey (RFC 7296 §2.8) is make-before-break through these two calls alone: the pair it replaces stays
 installed, its inbound SA decrypting, until its ChildDown; a rekey responder's ChildUp(activate_out=False)
@@ -40,21 +46,32 @@ from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeDown, IkeUp
 from xdpsec.ike.manager import COOKIE_THRESHOLD, IkeManager
 from xdpsec.ike.sa import NAT_KEEPALIVE
 from xdpsec.io.localpath import BYPASS_MARK
-from xdpsec.sa import IPAddress, LimitReached
+from xdpsec.sa import IPAddress, LimitReached, SAParams
 
 log = logging.getLogger("xdpsec.ike")
 
 NON_ESP_MARKER = b"\0\0\0\0"
 NATT_PORT = 4500
 MAX_DATAGRAM = 65535
-COMMANDS_MAX = 64
+COMMANDS_MAX = 1024  # operator commands waiting for the IKE thread (one per connection for a full rekey)
 #: Receive buffer of each IKE socket. The default (~200 KB) overflows within milliseconds of an IKE_SA_INIT
 #: flood that got past XDP's rate limit, and the IKE SAs we already have share the socket: their requests
 #: must not be the ones the kernel throws away. SO_RCVBUFFORCE (CAP_NET_ADMIN) goes beyond net.core.rmem_max.
 RCVBUF = 4 << 20
+#: Python's socket module names SO_RCVBUFFORCE only from 3.12 on; 33 is its number (asm-generic/socket.h).
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: A failed send is counted each time but logged at most once per this many seconds: spoofed sources make
 #: sends fail (EAGAIN, unreachable) at a rate an attacker chooses.
 SEND_FAIL_LOG_INTERVAL = 10.0
+
+
+def instance_name(conn: IkeConnConfig | None, conn_name: str, child: str, out: SAParams) -> str:
+    """The data path's name of one child of one peer (see the module docstring)."""
+    base = f"{conn_name}/{child}"
+    if conn is not None and conn.remote_addrs:
+        return base
+    port = f":{out.encap.dport}" if out.encap is not None and out.encap.dport != NATT_PORT else ""
+    return f"{base}[{out.remote}]{port}"
 
 
 class IkeService:
@@ -84,6 +101,8 @@ class IkeService:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()  # the manager is touched by this thread, and by queries under this lock
         self.errors = 0
+        self._instances: dict[int, str] = {}  # inbound SPI of each installed pair -> its instance (IKE thread only)
+        self._peers: dict[str, str] = {}  # instance -> the name its peer's current address would give
 
     # --- sockets ---------------------------------------------------------------------------------------------
     def open_sockets(self) -> None:
@@ -101,7 +120,7 @@ class IkeService:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:  # without CAP_NET_ADMIN: as much as net.core.rmem_max allows
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind((str(addr), port))
@@ -113,12 +132,17 @@ class IkeService:
     # --- the thread ------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.open_sockets()
+        # start_action = start: initiated by the IKE thread itself before anything else, not through the
+        # bounded operator queue (a gateway with more such children than COMMANDS_MAX must still start).
+        now = time.time()
+        with self.lock:
+            for conn in self.conns.values():
+                for child in conn.children:
+                    if child.start_action == StartAction.START:
+                        self.manager.initiate(conn.name, child.name, now)
         self.thread = threading.Thread(target=self._run, name="ike", daemon=True)
         self.thread.start()
-        for conn in self.conns.values():
-            for child in conn.children:
-                if child.start_action == StartAction.START:
-                    self.command("initiate", conn.name, child.name)
+        self._wake()  # send those requests now, not at the first retransmission timer
 
     def stop(self) -> None:
         self.stopping.set()
@@ -146,7 +170,10 @@ class IkeService:
     def command(self, op: str, *args) -> None:
         """Queue an operator command for the IKE thread: ("initiate", conn, child), ("terminate", conn),
         ("rekey", conn, child or None, ike: bool)."""
-        self.commands.put_nowait((op, *args))
+        try:
+            self.commands.put_nowait((op, *args))
+        except queue.Full:
+            raise RuntimeError(f"the IKE thread has {COMMANDS_MAX} commands waiting; try again shortly") from None
         self._wake()
 
     def _wake(self) -> None:
@@ -244,8 +271,11 @@ class IkeService:
         if isinstance(ev, ChildUp):
             log.info("%s/%s: child SA up: in %#010x out %#010x, %s", ev.conn, ev.child, ev.inb.spi, ev.out.spi,
                      ev.out.mode.value)
+            instance = self._instance(ev)
             try:
-                self.install(f"{ev.conn}/{ev.child}", ev.out, ev.inb, activate_out=ev.activate_out)
+                self.install(instance, ev.out, ev.inb, activate_out=ev.activate_out)
+                self._instances[ev.inb.spi] = instance
+                self._peers[instance] = instance_name(self.conns.get(ev.conn), ev.conn, ev.child, ev.out)
             except LimitReached as exc:  # the data path is full: the IKE side must not believe the child is up
                 self.manager.stats["sa_limit"] += 1
                 log.warning("%s/%s: child SA not installed: %s; deleting it", ev.conn, ev.child, exc)
@@ -253,7 +283,10 @@ class IkeService:
                     self.manager.terminate_child(ev.conn, ev.child, time.time())
         elif isinstance(ev, ChildDown):
             log.info("%s/%s: child SA down: in %#010x out %#010x", ev.conn, ev.child, ev.in_spi, ev.out_spi)
-            self.remove(f"{ev.conn}/{ev.child}", ev.out_spi, ev.in_spi)
+            instance = self._instances.pop(ev.in_spi, f"{ev.conn}/{ev.child}")
+            if instance not in self._instances.values():
+                self._peers.pop(instance, None)
+            self.remove(instance, ev.out_spi, ev.in_spi)
         elif isinstance(ev, IkeUp):
             log.info("%s: IKE SA up with %s[%d]: %016x_i %016x_r", ev.conn, ev.peer[0], ev.peer[1], ev.ispi, ev.rspi)
             if self.on_ike_up is not None:
@@ -262,6 +295,14 @@ class IkeService:
             log.info("%s: IKE SA down: %s", ev.conn, ev.reason)
         elif isinstance(ev, Failure):
             log.warning("%s: %s", ev.conn, ev.reason)
+
+    def _instance(self, ev: ChildUp) -> str:
+        """The instance a reported pair belongs to: the one it was installed under (the same SPIs again: the
+        peer moved, RFC 7296 §2.23), else the instance its peer already has (a rekey), else a new one."""
+        if (known := self._instances.get(ev.inb.spi)) is not None:
+            return known
+        name = instance_name(self.conns.get(ev.conn), ev.conn, ev.child, ev.out)
+        return next((inst for inst, now in self._peers.items() if now == name), name)
 
     def ike_sas(self) -> list[dict]:
         with self.lock:

@@ -29,7 +29,16 @@ namespace), with ``queues`` rx/tx queues because the gateways' AF_XDP workers bi
        hostC ═════ wire2 ═════ hostD
        c0 203.0.113.1/24    d0 203.0.113.2/24   (2001:db8:c::1/64, ::2)
 
-``wire`` and ``wire2`` are plain bridges: the wire between the protecting nodes, where a capture sees what
+     hub and spokes (``hub()``: one responder for many peers, road-warrior style)
+
+       hostH ─── gwH wan0 192.0.2.1/24 ═══ hubwire (br0) ═══ wan0 192.0.2.1N/24 gwSN ─── hostSN   (N = 1..3)
+       198.51.100.10/25  lan0 .1/25                           lan0 198.51.100.(97+32N)/27   .(98+32N)/27
+       2001:db8:a::10/64 ::1/64   2001:db8:f::1/64  2001:db8:f::1N/64   2001:db8:N::1/64    2001:db8:N::10/64
+
+     Each spoke's LAN is its own /27 of 198.51.100.128/25 (spoke 1: .128/27, 2: .160/27, 3: .192/27); gwH
+     routes each to its spoke, every spoke routes 198.51.100.0/25 to gwH.
+
+``wire``, ``wire2`` and ``hubwire`` are plain bridges: the wire between the protecting nodes, where a capture sees what
 really crossed. (On the gateways themselves tcpdump is blind to XDP: frames redirected to AF_XDP never reach
 the receive taps, and AF_XDP transmissions bypass the transmit taps.)
 
@@ -140,7 +149,36 @@ HOST_LINKS = (
     (Port("wire2", "wd", BRIDGE_PORT, "", ""), Port("hostD", "d0", "", "203.0.113.2/24", "2001:db8:c::2/64")),
 )
 
-NODES = frozenset(p.node for links in (SITE_LINKS, NAT_SITE_LINKS, HOST_LINKS) for link in links for p in link)
+HUB_SPOKES = 3
+HUB_WIRE = "hubwire"
+
+
+def _hub_links(spokes: int) -> tuple:
+    links = [(Port("hostH", "h0", "", "198.51.100.10/25", "2001:db8:a::10/64"),
+              Port("gwH", "lan0", "lan", "198.51.100.1/25", "2001:db8:a::1/64")),
+             (Port("gwH", "wan0", "wan", "192.0.2.1/24", "2001:db8:f::1/64"),
+              Port(HUB_WIRE, "wh", BRIDGE_PORT, "", ""))]
+    for n in range(1, spokes + 1):
+        lan = 128 + 32 * (n - 1)
+        links += [(Port(HUB_WIRE, f"w{n}", BRIDGE_PORT, "", ""),
+                   Port(f"gwS{n}", "wan0", "wan", f"192.0.2.{10 + n}/24", f"2001:db8:f::{10 + n}/64")),
+                  (Port(f"gwS{n}", "lan0", "lan", f"198.51.100.{lan + 1}/27", f"2001:db8:{n}::1/64"),
+                   Port(f"hostS{n}", f"s{n}", "", f"198.51.100.{lan + 2}/27", f"2001:db8:{n}::10/64"))]
+    return tuple(links)
+
+
+def _hub_routes(spokes: int) -> dict:
+    routes: dict = {"hostH": (("default", "198.51.100.1"), ("default", "2001:db8:a::1")), "gwH": ()}
+    for n in range(1, spokes + 1):
+        lan = 128 + 32 * (n - 1)
+        routes["gwH"] += ((f"198.51.100.{lan}/27", f"192.0.2.{10 + n}"), (f"2001:db8:{n}::/64", f"2001:db8:f::{10 + n}"))
+        routes[f"gwS{n}"] = (("198.51.100.0/25", "192.0.2.1"), ("2001:db8:a::/64", "2001:db8:f::1"))
+        routes[f"hostS{n}"] = (("default", f"198.51.100.{lan + 1}"), ("default", f"2001:db8:{n}::1"))
+    return routes
+
+
+NODES = frozenset(p.node for links in (SITE_LINKS, NAT_SITE_LINKS, HOST_LINKS, _hub_links(HUB_SPOKES))
+                  for link in links for p in link)
 
 _COMMON_SYSCTLS = (
     # RFC 4862 §5.4: DAD would keep fresh addresses tentative for a second; lab addresses are unique by design.
@@ -429,6 +467,13 @@ class Lab:
         if nat:
             return self._build(NAT_SITE_LINKS, NAT_SITE_ROUTES, (*GATEWAYS, NAT_NODE), self._masquerade)
         return self._build(SITE_LINKS, SITE_ROUTES, GATEWAYS)
+
+    def hub(self, spokes: int = HUB_SPOKES) -> Lab:
+        """gwH (with hostH) and 1..3 spoke gateways gwSN (each with hostSN) on one wire (module picture)."""
+        if not 1 <= spokes <= HUB_SPOKES:
+            raise ValueError(f"spokes: 1..{HUB_SPOKES}")
+        gateways = ("gwH", *(f"gwS{n}" for n in range(1, spokes + 1)))
+        return self._build(_hub_links(spokes), _hub_routes(spokes), gateways)
 
     def host_to_host(self) -> Lab:
         """hostC = hostD on one link."""
