@@ -237,6 +237,32 @@ def test_initiator_follows_at_most_a_few_fresh_cookies():
     assert link.of("a", events.Failure) and link.flight() == [] and link.a.ike_sas() == []
 
 
+
+def test_a_late_cookie_answer_to_an_earlier_try_is_ignored():
+    """§2.6 with retransmissions: A's first IKE_SA_INIT was sent twice; B answered both with the same cookie.
+    The second answer arrives after A retried with that cookie: it must not end the IKE SA, and A's retry
+    still completes."""
+    b = responder(threshold=4)
+    spoof(b, init_request(), random.Random(3), 20)  # 4 half-open: B asks for cookies
+    link = link_to(b)
+    link.a.initiate("a-to-b", "net", link.now)
+    #   HDR(SPIi, 0), SAi1, KEi, Ni  -->   (sent twice: a retransmission)
+    (first,) = link.flight()
+    link.deliver([first])
+    #                               <--  HDR(SPIi, 0), N(COOKIE)        (the answer to the first copy)
+    (answer,) = link.flight()
+    assert is_challenge(answer.data)
+    link.deliver([answer])
+    #   HDR(SPIi, 0), N(COOKIE), SAi1, KEi, Ni  -->                    (held back for a moment)
+    (retry,) = link.flight()
+    #                               <--  HDR(SPIi, 0), N(COOKIE)        (the answer to the retransmission, late)
+    link.deliver([answer])
+    assert link.a.stats["stale_cookie"] == 1 and link.a.ike_sas() and not link.of("a", events.Failure)
+    assert link.flight() == []  # nothing resent: the retry is still outstanding
+    link.deliver([retry])
+    link.settle()
+    assert_mirror(child_up(link, "a"), child_up(link, "b"))
+
 def test_init_request_with_a_nonzero_message_id_keeps_no_state():
     """§2.2: IKE_SA_INIT is message 0. An SA made for another ID would never be answered nor expire."""
     b = responder(threshold=64)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from xdpsec.crypto.ikecipher import IkeCipher, IntegrityError
 from xdpsec.ike import fragment, wire
 from xdpsec.ike.conf import DpdAction, Fragmentation, IkeConnConfig, IkeProposal
-from xdpsec.ike.consts import ExchangeType, HeaderFlag
+from xdpsec.ike.consts import ExchangeType, HeaderFlag, NotifyType, PayloadType
 from xdpsec.ike.events import ChildDown, ChildUp, Event, Failure, IkeDown
 from xdpsec.ike.keys import IkeKeys
 from xdpsec.ike.lifetime import USAGE_INTERVAL, Verdict, deadlines, uniform, usage_verdict
@@ -506,6 +506,11 @@ class IkeSA:
         inbound = self._open(msg, data)
         if inbound is None:
             return
+        if out.exchange == ExchangeType.IKE_SA_INIT and _stale_cookie(out.tasks, inbound):
+            # §2.6: a late answer to a request sent before we had the cookie, asking for the cookie we already
+            # echo. The retry carrying it is outstanding; its answer is the one to wait for.
+            self.services.count("stale_cookie")
+            return
         if out.exchange == ExchangeType.IKE_SA_INIT:
             self.init_response = data  # signed by the responder in IKE_AUTH (§2.15)
         self.last_heard = now
@@ -678,3 +683,10 @@ class IkeSA:
                           "remote_ts": [str(t) for t in c.inb.remote_ts],
                           "encap": c.inb.encap is not None, "state": c.state.value} for c in self.children],
         }
+
+
+def _stale_cookie(tasks, inbound: Inbound) -> bool:
+    """An IKE_SA_INIT response that only asks for the cookie our outstanding request already carries."""
+    cookie = inbound.notify(NotifyType.COOKIE)
+    return (cookie is not None and inbound.first(PayloadType.SA) is None
+            and any(cookie.data == getattr(task, "cookie", None) for task in tasks))
