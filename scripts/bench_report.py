@@ -351,10 +351,104 @@ One call per packet with an 8-byte AAD, on one core of the same VM, while no cas
   all here, not how xdpsec scales on a machine with a core per worker.
 * Nothing here is asserted: the script measures and reports; a case or metric that fails is listed below.
 
+{scale_section(raw.parent, out)}
+
+{rekey_section(raw.parent, out)}
 ## Failures
 
 {failures(result)}
 """
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def scale_section(bench_dir: Path, out: Path) -> str:
+    """The newest scripts/scale.py record (docs/bench/scale-*.json) as a section, or a line saying there is none."""
+    runs = sorted(bench_dir.glob("scale-*.json"))
+    if not runs:
+        return "## Scale\n\nNo `scripts/scale.py` record in docs/bench/ yet.\n"
+    raw = runs[-1]
+    r = json.loads(raw.read_text())
+    link = os.path.relpath(raw.resolve(), out.resolve().parent)
+    n = r["tunnels"]
+    lines = [f"## Scale: {n} tunnels (issue 4 point 7, issue 7 point 4)", "",
+             f"`scripts/scale.py --tunnels {n}` on {r.get('when', '?')}; raw: [`{link}`]({link}).", ""]
+    if "error" in r:
+        lines += [f"**The run stopped**: `{r['error'].splitlines()[0]}`", ""]
+    if "note" in r:
+        lines += [f"*Note on this record*: {r['note']}", ""]
+    rows = [("coordinator up (compile, workers), gwA", r.get("gw_start_s"), "s"),
+            (f"all {n} tunnels up after that", None if "setup_s" not in r else r["setup_s"] - r["gw_start_s"], "s"),
+            ("setup rate", r.get("tunnels_per_s"), "tunnels/s"),
+            (f"rekey of all {n} children", r.get("rekey_s"), "s"),
+            (f"delete of all {n} IKE SAs", r.get("terminate_s"), "s"),
+            ("tunnels that lost their datagram, before / after rekey",
+             None if "lost_after_rekey" not in r else f"{len(r['lost_before_rekey'])} / {len(r['lost_after_rekey'])}",
+             "")]
+    lines += ["| | value | unit |", "|---|---|---|"]
+    lines += [f"| {label} | {_num(v) if isinstance(v, float) else ('—' if v is None else v)} | {unit} |"
+              for label, v, unit in rows]
+    lines += ["", "| gateway, phase | coordinator RSS (MiB) | coordinator CPU (s, cumulative) | worker RSS (MiB) |",
+              "|---|---|---|---|"]
+    for phase, label in (("usage_idle", "idle, no tunnel"), ("usage_up", "all up"),
+                         ("usage_rekeyed", "rekeyed"), ("usage_down", "all deleted")):
+        for node, u in sorted(r.get(phase, {}).items()):
+            workers = ", ".join(_mib(w["rss_kib"]) for w in u["workers"])
+            lines.append(f"| {node}, {label} | {_mib(u['coordinator']['rss_kib'])} | "
+                         f"{u['coordinator']['cpu_s']:.1f} | {workers} |")
+    cost = r.get("spd_cost")
+    if cost:
+        lines += ["", "SPD walk in XDP, worst case (a packet no policy matches, so every row is visited), "
+                  f"BPF_PROG_TEST_RUN average over {cost['repeat']} runs:", "",
+                  "| policies | " + " | ".join(cost["ns_per_packet_by_policies"]) + " |",
+                  "|---|" + "---|" * len(cost["ns_per_packet_by_policies"]),
+                  "| ns per packet | " + " | ".join(str(v) for v in cost["ns_per_packet_by_policies"].values()) + " |"]
+    lines += ["", "**Method.** " + " ".join(" ".join(p.split()) for p in r.get("method", []))]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(step: dict) -> str:
+    return f"{step['seconds']:.2f}" if "seconds" in step else "failed"
+
+
+def rekey_section(bench_dir: Path, out: Path) -> str:
+    """The newest scripts/rekey_load.py record (docs/bench/rekey-*.json) as a section: what a numbered stream each
+    way lost and got twice while child and IKE SAs were rekeyed, and how long each rekey took."""
+    runs = sorted(bench_dir.glob("rekey-*.json"))
+    if not runs:
+        return "## Rekey under load\n\nNo `scripts/rekey_load.py` record in docs/bench/ yet.\n"
+    raw = runs[-1]
+    r = json.loads(raw.read_text())
+    link = os.path.relpath(raw.resolve(), out.resolve().parent)
+    lines = ["## Rekey under load (issue 4 point 8)", "",
+             f"`scripts/rekey_load.py` on {r['when']}, 1-minute load average {r['loadavg_at_start'][0]:.1f} at the "
+             f"start on {r['cores']} vCPUs; raw: [`{link}`]({link}).", "",
+             "| case | datagrams/s each way, for | child / IKE rekeys done | A→B sent, lost, duplicated | "
+             "B→A sent, lost, duplicated | rekey time, median / max (s) |", "|---|---|---|---|---|---|"]
+    failed = []
+    for c in r["cases"]:
+        if "error" in c:
+            failed.append(f"* `{c['case']}`: failed: {c['error'].splitlines()[0]}")
+            continue
+        streams = [c["streams"][d] for d in ("A->B", "B->A")]
+        times = [s["seconds"] for s in c["steps"] if "seconds" in s]
+        took = f"{statistics.median(times):.2f} / {max(times):.2f}" if times else "–"
+        lines.append(f"| `{c['case']}` | {c['rate']}, {c['seconds']:g} s | {c['child_rekeys']} / {c['ike_rekeys']} | "
+                     + " | ".join(f"{s['sent']}, {s['lost']}, {s['duplicated']}" for s in streams) + f" | {took} |")
+        failed += [f"* `{c['case']}`: step {i + 1} ({s['what']} by {s['by']}) not seen: {s['error'].splitlines()[0]}"
+                   for i, s in enumerate(c["steps"]) if "error" in s]
+    lines += ["", "Each rekey in plan order (seconds from the request until gwA shows the new SA):", "",
+              "| case | rekeys, in order: what, by whom, seconds |", "|---|---|"]
+    for c in r["cases"]:
+        if "steps" in c:
+            lines.append(f"| `{c['case']}` | " + ", ".join(f"{s['what']} by {s['by']} {_cell(s)}"
+                                                           for s in c["steps"]) + " |")
+    if failed:
+        lines += ["", *failed]
+    lines += ["", "**Method.** " + r["method"]]
+    return "\n".join(lines) + "\n"
 
 
 def write(result: dict, raw: Path, out: Path) -> None:
