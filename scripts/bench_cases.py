@@ -9,7 +9,7 @@ Every case leaves hostA - gwA = wire = gwB - hostB (xdpsec/lab.py) carrying host
   ``net`` takes everything else, so a UDP load sent from the 100 source ports MANY_SA_BASE_PORT .. +99
   (iperf3 ``-P 100 --cport``) spreads evenly over all 100 SAs, while ping, TCP and iperf3's control
   connection use ``net``. (UDP only: a child with a UDP and a TCP selector makes 4 policies, and the data
-  path holds at most 256.);
+  path held at most 256 when these cases were written.);
 * ``strongswan``: charon on both gateways (xdpsec/labswan.py), userspace ESP (kernel-libipsec), IKEv2 with
   aes128gcm16-prfsha256-x25519 and ESP aes128gcm16; libipsec always carries ESP in UDP 4500 (RFC 3948).
 

@@ -315,7 +315,7 @@ One call per packet with an 8-byte AAD, on one core of the same VM, while no cas
     per veth. With 100 SAs, 99 children each protect one hostA UDP source port (40000–40098) and the
     child `net` the rest of the two networks; the UDP loads then send from 100 source ports 40000–40099
     (iperf3 `-P 100 --cport 40000`), one flow per SA. Only UDP is spread over the SAs (a child with UDP and
-    TCP selectors makes four policies, and the data path holds at most 256), so the 100-SA cases measure
+    TCP selectors makes four policies; the data path held at most 256 when the cases were written), so they measure
     {many} only.
   * *strongSwan (libipsec)*: charon 5.9 on gwA and gwB (`xdpsec/labswan.py`), userspace ESP (`kernel-libipsec`,
     a TUN device) since the kernel has no ESP; IKEv2 `aes128gcm16-prfsha256-x25519` with a PSK, ESP
