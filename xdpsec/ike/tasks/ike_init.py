@@ -44,6 +44,23 @@ def sig_hash_notify() -> wire.Payload:
     return notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, b"".join(int(a).to_bytes(2, "big") for a in SUPPORTED_HASHES))
 
 
+
+class BadShare(Exception):
+    """The responder's KE or nonce cannot be used; the message says what it lied about."""
+
+
+def responder_share(kex, group: int, chosen_ke: int, ke: wire.KE, nonce: wire.Nonce) -> bytes:
+    """Check a responder's KE and Nonce against the group we sent and the proposal it chose (RFC 7296 §1.2,
+    §3.4, §3.9) and return the shared secret: IKE_SA_INIT and an IKE SA rekey initiated by us (§1.3.2) alike."""
+    if ke.group != group or chosen_ke != group:
+        raise BadShare(f"responder answered with group {ke.group}, we sent {group}")
+    if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
+        raise BadShare("responder nonce of bad length")
+    try:
+        return kex.shared(ke.data)
+    except KeyExchangeError as e:
+        raise BadShare(f"responder key exchange: {e}") from None
+
 class IkeInit(Task):
     exchange = ExchangeType.IKE_SA_INIT
 
@@ -164,14 +181,10 @@ class IkeInit(Task):
         proposal = chosen[0]
         if proposal.addke and inbound.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             return self._fail("responder chose additional key exchanges but cannot run IKE_INTERMEDIATE")
-        if ke.group != self.group or proposal.ke != self.group:
-            return self._fail(f"responder answered with group {ke.group}, we sent {self.group}")
-        if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
-            return self._fail("responder nonce of bad length")
         try:
-            shared = self.kex.shared(ke.data)
-        except KeyExchangeError as e:
-            return self._fail(f"responder key exchange: {e}")
+            shared = responder_share(self.kex, self.group, proposal.ke, ke, nonce)
+        except BadShare as e:
+            return self._fail(str(e))
         ike.nr = nonce.data
         self._derive(proposal, shared)
         self._detect_nat(inbound, ike.rspi)

@@ -34,7 +34,7 @@ from xdpsec.ike.events import Failure, IkeUp
 from xdpsec.ike.keys import SPI_LEN, rekey_skeyseed, split_ike_keys
 from xdpsec.ike.tasks import Inbound, Status, Task, notify_name, payload
 from xdpsec.ike.tasks.child_rekey import lowest_nonce_is_ours
-from xdpsec.ike.tasks.ike_init import NONCE_LEN, NONCE_MAX, NONCE_MIN
+from xdpsec.ike.tasks.ike_init import NONCE_LEN, NONCE_MAX, NONCE_MIN, BadShare, responder_share
 from xdpsec.ike.tasks.proposal import accept, answer, ike_offer, ike_suite, select
 
 
@@ -133,14 +133,10 @@ class IkeRekey(Task):
         mine, theirs = chosen
         if len(theirs.spi) != SPI_LEN or not int.from_bytes(theirs.spi, "big"):
             return self._fail("responder's new IKE SPI is not 8 non-zero octets")
-        if ke.group != self.group or mine.ke != self.group:
-            return self._fail(f"responder answered with group {ke.group}, we sent {self.group}")
-        if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
-            return self._fail("responder nonce of bad length")
         try:
-            shared = self.kex.shared(ke.data)
-        except KeyExchangeError as e:
-            return self._fail(f"responder key exchange: {e}")
+            shared = responder_share(self.kex, self.group, mine.ke, ke, nonce)
+        except BadShare as e:
+            return self._fail(str(e))
         self.peer_nonce = nonce.data
         new = self._new_sa(mine, self.spi, int.from_bytes(theirs.spi, "big"), self.nonce, nonce.data, shared)
         self._resolve(new)
