@@ -9,6 +9,9 @@ q % N — plus the SAs the coordinator gave it. The loop is:
     drain the handoff rings from other workers the same way
     transmit each port's batch with one kick; reap completions; refill fill rings
     every few rounds (or when idle): coordinator commands; next-hop requests up to the coordinator
+    nothing for BUSY_POLL_NS since the last frame ─► sleep in poll() (sockets, command pipe, handoff eventfd)
+
+The worker runs with no capabilities (xdpsec.io.caps.WORKER): it drops them all before its loop starts.
 
 Nothing here raises on network input: the core turns bad packets into counted drops, and an unexpected
 exception from one frame is counted as `bad_meta`, logged once per kind, and the loop goes on.
@@ -25,10 +28,12 @@ import os
 import select
 import signal
 import struct
+import time
 from dataclasses import dataclass, field
 
 from xdpsec.abi import XS_META_MAGIC, DropReason, drop_name
 from xdpsec.dataplane.core import PacketCore, Port
+from xdpsec.io import caps
 from xdpsec.io.ring import HandoffRing
 from xdpsec.io.seqstore import RESERVE_BLOCK, SeqStore
 from xdpsec.io.xsk import Umem, XskSocket
@@ -40,7 +45,12 @@ TX_OFFSET = 256  # where a frame we build starts inside its 2048-byte UMEM frame
 #: Handoff tag: kind, SA index, L3 offset, ingress port slot.
 TAG = struct.Struct("<HIHh")
 COMMAND_EVERY = 16  # rounds between looks at the command pipe while busy
-IDLE_ROUNDS = 8  # empty rounds before sleeping in poll()
+#: After the last frame, keep polling the rings this long before sleeping in poll(). Time, not a count of empty
+#: rounds: an empty round costs ~5 µs warm and ~50 µs cold here, so a round count is no bound at all. Short on
+#: purpose (docs/PERFORMANCE.md, "Latency"): spinning does not keep the packet code's caches warm on this VM,
+#: and on 2 shared vCPUs a spinning worker delays the very processes (the other gateway, the hosts) whose reply
+#: it waits for. Only activity starts the window, so an idle worker costs no CPU.
+BUSY_POLL_NS = 50_000
 IDLE_WAIT_MS = 100  # poll() timeout when idle: sockets, the command pipe and the handoff eventfd wake us
 
 
@@ -159,19 +169,24 @@ class Worker:
                 "icmp_sent": core.icmp_sent, "dummies": core.dummies,
                 "drops": {drop_name(r): n for r, n in core.drops.items()}, "sas": sas, "sockets": socks}
 
-    def _commands(self) -> None:
+    def _commands(self) -> int:
+        """Handle the coordinator's commands; returns how many frames they released for sending (packets that
+        waited for a next hop), which the caller must flush before it sleeps."""
         while self.conn.poll(0):
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 self.stop = True  # the coordinator is gone: fail closed
-                return
+                return 0
             self.handle(msg)
+        ready = 0
         for slot, data in self.core.take_ready():
             self._queue_tx(slot, data)
+            ready += 1
         requests = self.core.take_requests()
         if requests:
             self.conn.send(("resolve", requests))
+        return ready
 
     # --- packets ---------------------------------------------------------------------------------------------
     def _unexpected(self, exc: BaseException) -> None:
@@ -308,8 +323,9 @@ class Worker:
         poller.register(self.conn.fileno(), select.POLLIN)
         if self.spec.wake_fd >= 0:
             poller.register(self.spec.wake_fd, select.POLLIN)
-        idle = 0
         rounds = 0
+        last_busy = 0
+        clock = time.monotonic_ns
         while not self.stop:
             n = 0
             for i, (slot, sock) in enumerate(self.spec.sockets):
@@ -319,22 +335,28 @@ class Worker:
                     self._refill[i] += len(descs)
                     self._rx(slot, descs)
             n += self._drain_handoff()
-            self._flush()
+            self._flush()  # every round: a frame is never held back for the next batch
             rounds += 1
             if n:
-                idle = 0
+                last_busy = clock()
                 if rounds % COMMAND_EVERY == 0:
                     self._commands()
                 continue
-            idle += 1
-            self._commands()
-            if idle >= IDLE_ROUNDS:
-                for fd, _ev in poller.poll(IDLE_WAIT_MS):
-                    if fd == self.spec.wake_fd:
-                        try:
-                            os.eventfd_read(fd)
-                        except BlockingIOError:
-                            pass
+            if clock() - last_busy < BUSY_POLL_NS:
+                continue
+            # Frames released by a command (a resolved next hop) go out now, not after the next wake-up.
+            if self._commands():
+                continue
+            self._sleep(poller)
+
+    def _sleep(self, poller: select.poll) -> None:
+        """Block until a socket has frames, the coordinator writes, or another worker hands us frames."""
+        for fd, _ev in poller.poll(IDLE_WAIT_MS):
+            if fd == self.spec.wake_fd:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
 
 
 #: struct xs_meta (xdpsec/bpf/include/xdpsec_abi.h) as struct.unpack_from reads it: a few times faster per frame than
@@ -360,6 +382,12 @@ def worker_main(spec: WorkerSpec, conn, log_level: int = logging.INFO) -> None:
     except OSError:
         pass
     w = Worker(spec, conn)
+    # Everything privileged is done: the coordinator created the sockets and the UMEM, and the loop only moves
+    # frames through rings it already holds. A restarted worker is forked from the coordinator, which keeps
+    # its own capabilities, and drops again here. Failing to drop is fatal: never run the network-facing code
+    # with capabilities (the coordinator logs the exit and restarts the worker).
+    held = caps.drop_to(caps.WORKER)
+    log.debug("worker %d: capabilities dropped (CapEff %#x)", spec.wid, held)
     try:
         w.run()
     finally:
