@@ -246,6 +246,18 @@ def test_drop_to_keeps_exactly_what_is_needed_even_across_execve(needed):
     assert out[1:] == ["CapEff:", f"{want:016x}", "CapBnd:", f"{want:016x}"]
 
 
+_DROP_TWICE = """
+from xdpsec.io import caps
+caps.drop_to({"net_admin", "net_raw"})   # as a coordinator would: CAP_SETPCAP is gone after this
+print(hex(caps.drop_to(set())))          # as a worker forked from it: must still drop, not fail with EPERM
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, which holds every capability to start with")
+def test_a_second_drop_without_setpcap_still_lowers_the_sets():
+    out = subprocess.run([sys.executable, "-c", _DROP_TWICE], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout.split()) == (0, ["0x0"]), out.stderr
+
 def test_capability_names_are_checked():
     from xdpsec.io import caps
     assert caps.mask({"net_admin", "CAP_NET_RAW"}) == (1 << 12) | (1 << 13)

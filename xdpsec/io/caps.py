@@ -109,8 +109,11 @@ def drop_to(needed: set[str] | frozenset[str]) -> int:
     intersection. Raises OSError if the kernel refuses (then nothing of the permitted set was changed)."""
     keep = mask(needed)
     held = effective()
+    # Emptying the bounding set needs CAP_SETPCAP; a process that no longer holds it (forked from one that
+    # already dropped) has a bounding set that is already narrow, and capset below still lowers its own sets.
+    can_bound = bool(held >> Cap.SETPCAP & 1)
     for cap in range(_last_cap() + 1):
-        if not keep >> cap & 1:
+        if can_bound and not keep >> cap & 1:
             # Needs CAP_SETPCAP, so the bounding set goes before the permitted set loses it. EINVAL: the
             # capability is unknown to this kernel, nothing to drop.
             if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
