@@ -45,6 +45,20 @@ def sig_hash_notify() -> wire.Payload:
 
 
 
+def initiator_share(group: int, ke: wire.KE):
+    """As a responder: our key exchange in the chosen `group` and the secret shared with the initiator's KE,
+    for IKE_SA_INIT and an IKE SA rekey the peer initiated (§1.3.2). A KE of another group is refused with our
+    preferred one (§1.3: "the responder MUST reject the request and indicate its preferred ... group")."""
+    if ke.group != group:
+        raise wire.IkeError(NotifyType.INVALID_KE_PAYLOAD, f"KE of group {ke.group}, we want {group}",
+                            group.to_bytes(2, "big"))
+    kex = new_key_exchange(group)
+    try:
+        return kex, kex.shared(ke.data)
+    except KeyExchangeError as e:
+        raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"key exchange: {e}") from None
+
+
 class BadShare(Exception):
     """The responder's KE or nonce cannot be used; the message says what it lied about."""
 
@@ -222,15 +236,7 @@ class IkeInit(Task):
         if chosen is None:
             raise wire.IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no proposal in common")
         proposal = chosen[0]
-        if ke.group != proposal.ke:
-            # §1.3: "the responder MUST reject the request and indicate its preferred ... group".
-            raise wire.IkeError(NotifyType.INVALID_KE_PAYLOAD, f"KE of group {ke.group}, we want {proposal.ke}",
-                                proposal.ke.to_bytes(2, "big"))
-        self.kex = new_key_exchange(proposal.ke)
-        try:
-            shared = self.kex.shared(ke.data)
-        except KeyExchangeError as e:
-            raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"key exchange: {e}") from None
+        self.kex, shared = initiator_share(proposal.ke, ke)
         self.chosen = chosen
         ike.ni, ike.nr = nonce.data, ike.services.rng(NONCE_LEN)
         self._detect_nat(inbound, 0)  # the request's header carried no responder SPI

@@ -26,7 +26,7 @@ reported as a Failure, and tried again after REKEY_RETRY until the SA's hard lif
 
 from __future__ import annotations
 
-from xdpsec.crypto.dh import KeyExchangeError, new_key_exchange
+from xdpsec.crypto.dh import new_key_exchange
 from xdpsec.crypto.prf import Prf
 from xdpsec.ike import wire
 from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType, ProtocolId
@@ -34,7 +34,14 @@ from xdpsec.ike.events import Failure, IkeUp
 from xdpsec.ike.keys import SPI_LEN, rekey_skeyseed, split_ike_keys
 from xdpsec.ike.tasks import Inbound, Status, Task, notify_name, payload
 from xdpsec.ike.tasks.child_rekey import lowest_nonce_is_ours
-from xdpsec.ike.tasks.ike_init import NONCE_LEN, NONCE_MAX, NONCE_MIN, BadShare, responder_share
+from xdpsec.ike.tasks.ike_init import (
+    NONCE_LEN,
+    NONCE_MAX,
+    NONCE_MIN,
+    BadShare,
+    initiator_share,
+    responder_share,
+)
 from xdpsec.ike.tasks.proposal import accept, answer, ike_offer, ike_suite, select
 
 
@@ -187,14 +194,7 @@ class IkeRekey(Task):
         mine, theirs = chosen
         if len(theirs.spi) != SPI_LEN or not int.from_bytes(theirs.spi, "big"):
             raise wire.IkeError(NotifyType.INVALID_SYNTAX, "new IKE SPI is not 8 non-zero octets")
-        if ke.group != mine.ke:
-            raise wire.IkeError(NotifyType.INVALID_KE_PAYLOAD, f"KE of group {ke.group}, we want {mine.ke}",
-                                mine.ke.to_bytes(2, "big"))
-        self.kex = new_key_exchange(mine.ke)
-        try:
-            shared = self.kex.shared(ke.data)
-        except KeyExchangeError as e:
-            raise wire.IkeError(NotifyType.INVALID_SYNTAX, f"key exchange: {e}") from None
+        self.kex, shared = initiator_share(mine.ke, ke)
         self.chosen = chosen
         self.spi = ike.services.new_ike_spi()
         self.nonce, self.peer_nonce = ike.services.rng(NONCE_LEN), nonce.data
