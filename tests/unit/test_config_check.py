@@ -17,31 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_config_ike import HEAD, PSK_CONN
 from xdpsec.config import ConfigError, Problem, check_main, load, parse_listen
 
 MARK_RE = re.compile(r"#([!?]) (\S+): ((?:(?!#[!?] ).)*)")  # several on one line: one per problem
 
-HEAD = """\
-instance = "t"
-[gateway]
-interfaces = ["wan0"]
-workers = 1
-"""
-
-IKE = """
-[connections.site]
-local_addrs = ["192.0.2.1"]
-remote_addrs = ["192.0.2.2"]
-[connections.site.local]
-auth = "psk"
-id = "gwA.example.org"
-[connections.site.remote]
-auth = "psk"
-id = "gwB.example.org"
-[connections.site.children.net]
-local_ts = ["198.51.100.0/25"]
-remote_ts = ["198.51.100.128/25"]
-[secrets]
+# The same gateway and PSK connection as tests/unit/test_config_ike.py, with its secret.
+IKE = PSK_CONN + """[secrets]
 ike = [{ id = ["gwA.example.org", "gwB.example.org"], secret = "0sYSBwcmUtc2hhcmVkIGtleSBvZiAzMiBieXRlcyEhISE=" }]
 """
 
