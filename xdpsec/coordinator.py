@@ -69,7 +69,7 @@ from xdpsec.abi import XS_MAX_CHILDREN, Action, PolicyDir
 from xdpsec.control import ControlError, ControlServer, socket_path
 from xdpsec.dataplane.core import Port, Route
 from xdpsec.ike.conf import StartAction
-from xdpsec.io import adopt
+from xdpsec.io import adopt, caps
 from xdpsec.io.bpf import Classifier
 from xdpsec.io.localpath import BYPASS_MARK, DATAPATH_END, KERNEL_END, LocalPath, local_routes
 from xdpsec.io.netlink import Netlink
@@ -1239,6 +1239,23 @@ class _Signals:
         os.close(self.w)
 
 
+def _drop_capabilities() -> None:
+    """Keep only caps.COORDINATOR for the rest of the coordinator's life, before any thread exists.
+
+    Capabilities belong to threads in Linux: capset(2) changes the calling thread only, and a new thread starts
+    with its creator's sets. So the drop happens here, once, in the main thread before Gateway.start creates the
+    pump, resolver, IKE, control, metrics and acquire threads (and before it forks workers, which drop the rest
+    themselves): every thread of the coordinator then holds at most COORDINATOR. Setting up needs nothing
+    beyond that set (config/xdpsec.service bounds the service to the same set and says why each is needed);
+    started as root from a shell this is what makes the shell's other capabilities go.
+    """
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:  # they would keep what this thread drops
+        raise RuntimeError(f"threads already running: {', '.join(others)}")
+    held = caps.drop_to(caps.COORDINATOR)
+    log.debug("coordinator: capabilities dropped to CapEff %#x", held)
+
+
 def run_main(args) -> int:
     """`xdpsec run -c FILE`: the gateway in the current network namespace, in the foreground, until SIGTERM or
     SIGINT; SIGHUP reloads the configuration file."""
@@ -1250,6 +1267,11 @@ def run_main(args) -> int:
             print(problem, file=sys.stderr)
         return 2
     _setup_logging(args, cfg)
+    try:
+        _drop_capabilities()
+    except (OSError, RuntimeError) as exc:
+        print(f"xdpsec: cannot drop capabilities before starting {cfg.instance!r}: {exc}", file=sys.stderr)
+        return 1
     gw = Gateway(cfg)
     signals = _Signals()
     try:

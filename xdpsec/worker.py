@@ -383,8 +383,8 @@ def worker_main(spec: WorkerSpec, conn, log_level: int = logging.INFO) -> None:
         pass
     w = Worker(spec, conn)
     # Everything privileged is done: the coordinator created the sockets and the UMEM, and the loop only moves
-    # frames through rings it already holds. A restarted worker is forked from the coordinator, which keeps
-    # its own capabilities, and drops again here. Failing to drop is fatal: never run the network-facing code
+    # frames through rings it already holds. A worker is forked from a coordinator thread, which holds
+    # caps.COORDINATOR (coordinator.run_main), and drops the rest here. Failing to drop is fatal: never run the network-facing code
     # with capabilities (the coordinator logs the exit and restarts the worker).
     held = caps.drop_to(caps.WORKER)
     log.debug("worker %d: capabilities dropped (CapEff %#x)", spec.wid, held)

@@ -148,14 +148,17 @@ def test_outside_interface_down_and_up(make_lab, tmp_path):
     assert all(w["alive"] for w in gws.query("gwA", "stats")["workers"])
 
 
-def test_running_workers_hold_no_capabilities(make_lab, tmp_path):
+def test_running_workers_hold_no_capabilities_and_the_coordinator_only_its_own(make_lab, tmp_path):
     lab, gws = start_site(make_lab, tmp_path, workers=2)
     assert lab.ping("hostA", lab.addr["hostB"]["v4"], count=3).received >= 2
     workers = gws.query("gwA", "stats")["workers"]
     held = {w["id"]: caps.effective(w["pid"]) for w in workers}
-    coordinator = caps.effective(gws.procs["gwA"].pid)
     assert held == {w["id"]: caps.mask(caps.WORKER) for w in workers}
-    if coordinator == caps.effective():
-        pytest.xfail("the coordinator still runs with every capability: xdpsec/coordinator.py does not call "
-                     f"caps.drop_to(caps.COORDINATOR) yet (coordinator CapEff {coordinator:#x})")
-    assert coordinator & ~caps.mask(caps.COORDINATOR) == 0, hex(coordinator)
+    # Capabilities are per thread: every thread of the coordinator (main, pump, resolver, IKE, control...)
+    # must be down to COORDINATOR, and the test itself (root, everything) must differ from that.
+    threads = caps.effective_by_thread(gws.procs["gwA"].pid)
+    assert len(threads) >= 3, threads  # main, pump and resolver at least
+    assert caps.effective() & ~caps.mask(caps.COORDINATOR), "the test runs without extra capabilities: proves nothing"
+    extra = {tid: hex(eff) for tid, eff in threads.items() if eff & ~caps.mask(caps.COORDINATOR)}
+    assert not extra, extra
+    assert {eff for eff in threads.values()} == {caps.mask(caps.COORDINATOR)}

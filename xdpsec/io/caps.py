@@ -96,6 +96,17 @@ def effective(pid: int | str = "self") -> int:
     raise RuntimeError(f"/proc/{pid}/status has no CapEff line")
 
 
+def effective_by_thread(pid: int | str = "self") -> dict[int, int]:
+    """CapEff of every thread of a process (capabilities are per thread; /proc/<pid>/status shows the main one)."""
+    held = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            held[int(task.name)] = effective(f"{pid}/task/{task.name}")
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended while we looked
+            continue
+    return held
+
+
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
