@@ -17,6 +17,8 @@ Schema (every key; the defaults are what an absent key means)::
     [gateway]
     interfaces = ["lan0", "wan0"]  # required: the interfaces XDP attaches to; unique, at most 15 characters
     workers = <cpus>               # worker processes, 1..64 (default: the number of CPUs)
+    cpus = [0, 1]                  # CPUs the workers are pinned to, worker i on cpus[i % len]; [] = not pinned
+                                   #   (default: worker i on CPU i % <cpus>)
     xdp_mode = "native"            # native | generic (skb mode)
     state_dir = "/var/lib/xdpsec"  # absolute; where outbound sequence-number reservations persist
     default_action = "bypass"      # bypass | discard: what happens to traffic no policy matches
@@ -260,6 +262,13 @@ class GatewayConfig:
     encap_port: int = 4500
     retransmit_timeout: float = IkeConnConfig.retransmit_timeout  # the IKE connections' defaults
     retransmit_tries: int = IkeConnConfig.retransmit_tries
+    cpus: tuple[int, ...] | None = None  # None: worker i on CPU i % os.cpu_count(); (): not pinned
+
+    def worker_cpu(self, wid: int, ncpus: int) -> int | None:
+        """The CPU worker `wid` is pinned to, or None (not pinned)."""
+        if self.cpus is None:
+            return wid % max(1, ncpus)
+        return self.cpus[wid % len(self.cpus)] if self.cpus else None
 
 
 #: Subsystems with a logger of their own, `xdpsec.<subsystem>`: the keys of [log] levels.
@@ -629,7 +638,7 @@ class _Checker:
 # --- the schema, section by section ---------------------------------------------------------------------------
 
 _TOP_KEYS = ("instance", "gateway", "connections", "secrets", "secrets_file", "log", "metrics", "debug", "limits")
-_GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir", "default_action", "encap_port",
+_GATEWAY_KEYS = ("interfaces", "workers", "cpus", "xdp_mode", "state_dir", "default_action", "encap_port",
                  "retransmit_timeout", "retransmit_tries")
 _CONN_KEYS = ("local_addrs", "remote_addrs", "encap", "local_port", "remote_port", "children")
 _IKE_CONN_KEYS = (*_CONN_KEYS, "version", "proposals", "dpd_delay", "dpd_timeout", "keyingtries",
@@ -679,6 +688,7 @@ def _gateway(ck: _Checker, tbl: dict) -> GatewayConfig | None:
         for name in sorted({n for n in ifaces if ifaces.count(n) > 1}):
             ck.error((*path, "interfaces"), f"{name!r} is listed twice")
     workers = ck.integer(tbl, path, "workers", 1, 64, min(os.cpu_count() or 1, 64))
+    cpus_ok, cpus = _cpus(ck, tbl, path)
     xdp_mode = ck.choice(tbl, path, "xdp_mode", XdpMode, XdpMode.NATIVE)
     state_dir = ck.get(tbl, path, "state_dir", str, "/var/lib/xdpsec")
     if state_dir is not None and not state_dir.startswith("/"):
@@ -688,11 +698,37 @@ def _gateway(ck: _Checker, tbl: dict) -> GatewayConfig | None:
     encap_port = ck.integer(tbl, path, "encap_port", 1, 65535, 4500)
     timeout, tries = _retransmission(ck, tbl, path, _RETRANSMIT_DEFAULTS)
     values = (ifaces, workers, xdp_mode, state_dir, action, encap_port, timeout, tries)
-    if any(v is None for v in values):
+    if any(v is None for v in values) or not cpus_ok:
         return None
     return GatewayConfig(interfaces=tuple(ifaces), workers=workers, xdp_mode=xdp_mode, state_dir=Path(state_dir),
                          default_action=Action[action.name], encap_port=encap_port, retransmit_timeout=timeout,
-                         retransmit_tries=tries)
+                         retransmit_tries=tries, cpus=cpus)
+
+
+_MAX_CPU = 4095  # CONFIG_NR_CPUS of distribution kernels is at most 8192; beyond this is a typo
+
+
+def _cpus(ck: _Checker, tbl: dict, path: KeyPath) -> tuple[bool, tuple[int, ...] | None]:
+    """[gateway] cpus: (valid, CPU numbers or None when absent). Whether the CPUs exist is the running
+    machine's business: the worker warns and stays unpinned if its CPU is not available."""
+    if "cpus" not in tbl:
+        return True, None
+    value = ck.get(tbl, path, "cpus", list)
+    if value is None:
+        return False, None
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= _MAX_CPU for c in value):
+        ck.error((*path, "cpus"), f"expected an array of CPU numbers 0..{_MAX_CPU}, got {value!r}")
+        return False, None
+    twice = sorted({c for c in value if value.count(c) > 1})
+    for cpu in twice:
+        ck.error((*path, "cpus"), f"CPU {cpu} is listed twice")
+    return not twice, tuple(value)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= _MAX_CPU for c in value):
+        ck.error((*path, "cpus"), f"expected an array of CPU numbers 0..{_MAX_CPU}, got {value!r}")
+        return None
+    for cpu in sorted({c for c in value if value.count(c) > 1}):
+        ck.error((*path, "cpus"), f"CPU {cpu} is listed twice")
+    return value
 
 
 def _retransmission(ck: _Checker, tbl: dict, path: KeyPath,

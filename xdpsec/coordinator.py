@@ -445,7 +445,8 @@ class Gateway:
             handoff_in=[self.rings[(a, wid)] for a in range(n) if a != wid],
             handoff_out={b: self.rings[(wid, b)] for b in range(n) if b != wid},
             seqstore=self.seqstore, wake_fd=self.wake_fds[wid],
-            wake_out={b: self.wake_fds[b] for b in range(n) if b != wid}, fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
+            wake_out={b: self.wake_fds[b] for b in range(n) if b != wid},
+            cpu=self.cfg.gateway.worker_cpu(wid, os.cpu_count() or 1), fill_per_socket=min(RING_SIZE, UMEM_FRAMES // (2 * max(1, len(sockets)))))
         parent, child = self.ctx.Pipe()
         level = logging.getLogger("xdpsec.worker").getEffectiveLevel()
         proc = self.ctx.Process(target=worker_main, args=(spec, child, level),

@@ -27,6 +27,7 @@ class Side:
     local_ts: list[str]
     remote_ts: list[str]
     extra: str = ""  # raw TOML appended to this side's file (more children, pass/drop shunts)
+    cpus: list[int] | None = None  # [gateway] cpus; None: the gateway's default
 
 
 @dataclass
@@ -77,6 +78,7 @@ def _header(side: Side, spec: PairSpec, state_dir: str, *, gateway_keys: str = "
         "[gateway]",
         f"interfaces = {_toml_list(side.interfaces)}",
         f"workers = {spec.workers}",
+        *([f"cpus = [{', '.join(map(str, side.cpus))}]"] if side.cpus is not None else []),
         f'state_dir = "{state_dir}"',
         *([gateway_keys] if gateway_keys else []),
         "",
@@ -208,6 +210,10 @@ def site_sides(lab, *, inner: tuple[str, ...] = ("v4", "v6"), workers: int = 2) 
                   [a[f"lan_net_{f}"] for f in inner], [b[f"lan_net_{f}"] for f in inner])
     side_b = Side(f"{tag}-gwB", ["lan0", "wan0"], b["wan_v4"], a["wan_v4"],
                   [b[f"lan_net_{f}"] for f in inner], [a[f"lan_net_{f}"] for f in inner])
+    # Two gateways share this host: each one's worker 0 on a different CPU (gwA from the first, gwB from the
+    # second), so that with one worker each they do not take turns on one core while another idles.
+    cpus = sorted(os.sched_getaffinity(0))
+    side_a.cpus, side_b.cpus = cpus, cpus[1:] + cpus[:1]
     return side_a, side_b
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from xdpsec.config import Config
 
 #: [gateway] keys that decide the data path's shape: sockets, UMEMs, workers, files. Applied at start only.
-RESTART_GATEWAY_KEYS = ("interfaces", "workers", "xdp_mode", "state_dir")
+RESTART_GATEWAY_KEYS = ("interfaces", "workers", "cpus", "xdp_mode", "state_dir")
 #: Top-level settings applied at start only (the instance names the socket and the pins; limits size tables).
 RESTART_TOP_KEYS = ("instance", "limits")
 #: Top-level settings the running gateway takes over (Config attribute names).

@@ -68,6 +68,7 @@ class WorkerSpec:
     wake_fd: int = -1  # eventfd other workers signal after handing frames to this one
     wake_out: dict[int, int] = field(default_factory=dict)  # owner worker -> its wake_fd
     fill_per_socket: int = 1024
+    cpu: int | None = None  # pinned to this CPU ([gateway] cpus), None: not pinned
     extra: dict = field(default_factory=dict)
 
 
@@ -377,10 +378,11 @@ def read_meta(buf, addr: int) -> tuple[int, int, int, int, int]:
 def worker_main(spec: WorkerSpec, conn, log_level: int = logging.INFO) -> None:
     """Entry point of the forked worker process."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{spec.wid} %(levelname)s %(message)s")
-    try:
-        os.sched_setaffinity(0, {spec.wid % os.cpu_count()})
-    except OSError:
-        pass
+    if spec.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {spec.cpu})
+        except OSError as exc:  # EINVAL: no such CPU here, or not in this cgroup's cpuset
+            log.warning("worker %d: not pinned to CPU %d: %s", spec.wid, spec.cpu, exc.strerror or exc)
     w = Worker(spec, conn)
     # Everything privileged is done: the coordinator created the sockets and the UMEM, and the loop only moves
     # frames through rings it already holds. A worker is forked from a coordinator thread, which holds

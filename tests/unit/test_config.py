@@ -82,6 +82,13 @@ BAD = [
     ("wrong type", ("workers = 2", 'workers = "2"'), "workers", "gateway.workers",
      "expected an integer, got string '2'"),
     ("workers out of range", ("workers = 2", "workers = 65"), "workers", "gateway.workers", "65 is outside 1..64"),
+    ("cpus not numbers", ("workers = 2", 'workers = 2\ncpus = ["0"]'), "cpus", "gateway.cpus",
+     "expected an array of CPU numbers 0..4095, got ['0']"),
+    ("cpus negative", ("workers = 2", "workers = 2\ncpus = [0, -1]"), "cpus", "gateway.cpus",
+     "expected an array of CPU numbers 0..4095, got [0, -1]"),
+    ("cpus twice", ("workers = 2", "workers = 2\ncpus = [1, 0, 1]"), "cpus", "gateway.cpus", "CPU 1 is listed twice"),
+    ("cpus not an array", ("workers = 2", "workers = 2\ncpus = 1"), "cpus", "gateway.cpus",
+     "expected an array, got integer 1"),
     ("bad CIDR", ('local_ts = ["198.51.100.0/25"]', 'local_ts = ["198.51.100.1/25"]'), "local_ts",
      f"{CHILD}.local_ts", "'198.51.100.1/25' has host bits set; did you mean 198.51.100.0/25?"),
     ("not an address", ('local_ts = ["198.51.100.0/25"]', 'local_ts = ["lan"]'), "local_ts",
@@ -415,3 +422,16 @@ def test_check_json(tmp_path, capsys):
     assert check_main(["-c", str(EXAMPLES / "gwA.toml"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["ok"], out["connections"], out["children"], out["policies"]) == (True, 1, 2, 4)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("", [0, 1, 0]),              # absent: worker i on CPU i % CPUs (2 here)
+    ("cpus = [3]", [3, 3, 3]),    # every worker on CPU 3
+    ("cpus = [1, 0]", [1, 0, 1]),  # worker i on cpus[i % len]
+    ("cpus = []", [None] * 3),    # not pinned
+])
+def test_worker_cpus(tmp_path, line, expected):
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(GOOD.replace("workers = 2", f"workers = 2\n{line}"))
+    gateway = load(cfg).gateway
+    assert [gateway.worker_cpu(wid, 2) for wid in range(3)] == expected
