@@ -1,10 +1,9 @@
 """xdpsec/crypto/kem.py: ML-KEM-768/1024 as RFC 9370 additional key exchanges.
 
-No FIPS 203 known-answer test here: `cryptography` cannot encapsulate deterministically, and the published
-vectors that key generation from a seed could check (C2SP/CCTV's, which are FIPS 203 ipd) did not match the
-final standard that OpenSSL implements. What is checked instead: the sizes of FIPS 203 table 3, both roles
-agreeing on the secret, implicit rejection (FIPS 203 §6.3), the encapsulation key check (§7.2), and that every
-malformed length is a KeyExchangeError, never another exception.
+Properties here: the sizes of FIPS 203 table 3, both roles agreeing on the secret, implicit rejection
+(FIPS 203 §6.3), the encapsulation key check (§7.2), and that every malformed length is a KeyExchangeError,
+never another exception. Known answers (NIST ACVP key generation, Wycheproof decapsulation from seeds) are in
+tests/unit/test_kem_kat.py.
 """
 
 from __future__ import annotations

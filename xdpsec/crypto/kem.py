@@ -58,6 +58,14 @@ class KemInitiator:
         self.public_len = KEM_SIZES[method][0]
         self._key = key
 
+    @classmethod
+    def from_seed(cls, method: Kem, seed: bytes) -> KemInitiator:
+        """The key FIPS 203 ML-KEM.KeyGen_internal(d, z) (§6.1, Algorithm 16) derives from the 64-octet seed d | z.
+
+        For known-answer tests only (tests/unit/test_kem_kat.py): IKE never calls it, `initiate` draws a fresh
+        random key per exchange. `ValueError` if the seed is not 64 octets."""
+        return cls(method, _CLASSES[method][0].from_seed_bytes(bytes(seed)))
+
     def __repr__(self) -> str:
         return f"KemInitiator({self.group.name})"  # never the seed
 
