@@ -202,8 +202,8 @@ def _unknown(token: str, tables: dict[str, dict], refused: dict[str, str],
         return ProposalError(elsewhere[token])
     if _ADDKE_RE.fullmatch(token):
         if any(token in table for table in _ADDKE):
-            return ProposalError(f"{token}: additional key exchanges belong in IKE proposals only: child SAs "
-                                 f"would need IKE_FOLLOWUP_KE (RFC 9370 §2.2.4), which is not implemented")
+            return ProposalError(f"{token}: additional key exchanges belong in IKE and IKE child proposals, not "
+                                 f"in manually keyed SAs")
         return ProposalError(f"{token}: additional key exchanges (RFC 9370) are ke1_ to ke{ADDKE_SLOTS}_ with "
                              f"{', '.join(_ADDKE_METHODS)}")
     # A typo is the likely cause: name the closest algorithm, then every valid one by transform type.
@@ -297,16 +297,26 @@ def parse_child(s: str, protocol: Protocol) -> list[ChildProposal]:
     """
     refused = {**_REFUSED, **_KE_REFUSED}
     if protocol == Protocol.ESP:
-        found = _classify(s, "ESP", {**_ESP_TABLES, "key exchange": _KE}, refused, _PRF_ELSEWHERE)
+        found = _classify(s, "ESP", {**_ESP_TABLES, **_CHILD_KE_TABLES}, refused, _PRF_ELSEWHERE)
         transforms = _esp_transforms(found, s)
     else:
-        found = _classify(s, "AH", {**_AH_TABLES, "key exchange": _KE}, refused,
-                          {**_AH_ELSEWHERE, **_PRF_ELSEWHERE})
+        found = _classify(s, "AH", {**_AH_TABLES, **_CHILD_KE_TABLES}, refused, {**_AH_ELSEWHERE, **_PRF_ELSEWHERE})
         transforms = _ah_transforms(found, s)
+    addkes = _addke_choices(found)
+    if not found["key exchange"] and addkes != [()]:
+        # RFC 9370 §2.2.4: the additional key exchanges of CREATE_CHILD_SA follow its KE payload; without a
+        # key exchange method (no PFS) there is none to follow.
+        raise ProposalError(f"{s!r} has additional key exchanges but no key exchange method: PFS needs one "
+                            f"first, e.g. aes256gcm16-x25519-ke1_mlkem768")
     groups = [_KE[t] for t in found["key exchange"]] or [None]
-    return [ChildProposal(protocol, t, ke) for t, ke in product(transforms, groups)]
+    return list(dict.fromkeys(ChildProposal(protocol, t, ke, addke if ke is not None else ())
+                              for t, ke, addke in product(transforms, groups, addkes)))
 
 
+#: What a child proposal may name besides its ESP/AH algorithms: PFS (RFC 7296 §1.3.1), hybrid with RFC 9370
+#: additional key exchanges run over IKE_FOLLOWUP_KE (§2.2.4).
+_CHILD_KE_TABLES = {"key exchange": _KE,
+                    **{f"additional key exchange {n}": table for n, table in enumerate(_ADDKE, 1)}}
 _IKE_TABLES = {"encryption": _IKE_ENCR, "integrity": _INTEG, "PRF": _PRF, "key exchange": _KE,
                **{f"additional key exchange {n}": table for n, table in enumerate(_ADDKE, 1)}}
 
@@ -378,8 +388,14 @@ def format_transform(t: Transform) -> str:
 
 
 def format_child(p: ChildProposal) -> str:
-    """``aes128gcm16-x25519``: the transform and the PFS group, if any."""
-    return "-".join([format_transform(p.transform), *([_KE_NAMES[KeId(p.ke)]] if p.ke is not None else [])])
+    """``aes128gcm16-x25519[-ke1_mlkem768]``: the transform and the PFS groups, if any."""
+    return "-".join([format_transform(p.transform), *([_KE_NAMES[KeId(p.ke)]] if p.ke is not None else []),
+                     *_addke_names(p.addke)])
+
+
+def _addke_names(addke: tuple[int, ...]) -> list[str]:
+    names = {m: name for name, m in _ADDKE_METHODS.items()}
+    return [f"ke{n}_{names[KeId(m)]}" for n, m in enumerate(addke, 1) if m != KeId.NONE]
 
 
 def format_ike(p: IkeProposal) -> str:
@@ -391,9 +407,7 @@ def format_ike(p: IkeProposal) -> str:
     if p.integ is None or _PRF_OF_INTEG[Integ(p.integ)] != p.prf:
         parts.append(_PRF_NAMES[PrfId(p.prf)])
     parts.append(_KE_NAMES[KeId(p.ke)])
-    names = {m: name for name, m in _ADDKE_METHODS.items()}
-    parts += [f"ke{n}_{names[KeId(m)]}" for n, m in enumerate(p.addke, 1) if m != KeId.NONE]
-    return "-".join(parts)
+    return "-".join([*parts, *_addke_names(p.addke)])
 
 
 def advice(t: Transform) -> list[str]:

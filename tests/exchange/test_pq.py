@@ -203,18 +203,6 @@ def test_intauth_binds_the_intermediate_messages(make_link, monkeypatch):
     assert not link.of("b", events.ChildUp)
 
 
-def test_rekey_of_a_hybrid_ike_sa_is_classic(make_link):
-    """IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) is not implemented: the rekey offers and selects the classic
-    transforms of the hybrid proposal and the connection carries on."""
-    link = _link(make_link, [X25519_MLKEM768], [X25519_MLKEM768])
-    up(link)
-    link.a.rekey_ike("a-to-b", link.now)
-    link.settle()
-    new = [sa for sa in link.a._sas.values() if sa.usable]
-    assert len(new) == 1 and new[0].crypto.proposal == replace(X25519_MLKEM768, addke=())
-    assert link.a.stats["ike_rekey"] == 1 and not link.of("a", events.Failure)
-
-
 def test_the_offer_carries_addke_transforms_types_6_to_12():
     """RFC 9370 §2.2.1: ADDKE(n) is Transform Type 5 + n with a Transform Type 4 ID; it survives the wire."""
     from xdpsec.ike.tasks.proposal import ike_offer

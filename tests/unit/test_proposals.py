@@ -238,6 +238,12 @@ CHILD_VALID = [
         ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.ECP256),
         ChildProposal(Protocol.ESP, Transform(CHACHA, 256), KeId.ECP256)]),
     ("sha384-x448", Protocol.AH, [ChildProposal(Protocol.AH, Transform(None, integ=S384), KeId.CURVE448)]),
+    # RFC 9370 hybrid PFS, run over IKE_FOLLOWUP_KE (§2.2.4); ke1_none offers the classic one as well
+    ("aes128gcm16-x25519-ke1_mlkem768", Protocol.ESP, [
+        ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.CURVE25519, (KeId.ML_KEM_768,))]),
+    ("aes128gcm16-x25519-ke1_mlkem1024-ke1_none-ke2_mlkem768", Protocol.ESP, [
+        ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.CURVE25519, (KeId.ML_KEM_1024, KeId.ML_KEM_768)),
+        ChildProposal(Protocol.ESP, Transform(GCM, 128), KeId.CURVE25519, (KeId.NONE, KeId.ML_KEM_768))]),
 ]
 
 
@@ -252,7 +258,8 @@ def test_child_valid(text, protocol, expected):
     ("aes128gcm16-modp1024", Protocol.ESP, ["modp1024", "'SHOULD NOT'", "RFC 8247 §2.4"]),
     ("aes128-sha1-x25519", Protocol.ESP, ["sha1", "RFC 8221 §6"]),
     ("aes128gcm16-prfsha256", Protocol.ESP, ["'prfsha256' is a PRF", "only IKE proposals"]),
-    ("aes128gcm16-x25519-ke1_mlkem768", Protocol.ESP, ["IKE_FOLLOWUP_KE"]),
+    ("aes128gcm16-ke1_mlkem768", Protocol.ESP, ["no key exchange method", "x25519-ke1_mlkem768"]),
+    ("aes128gcm16-x25519-ke1_mlkem512", Protocol.ESP, ["mlkem512"]),
     ("aes128gcm16-x25519", Protocol.AH, ["AH does not encrypt"]),
 ])
 def test_child_refused(text, protocol, fragments):

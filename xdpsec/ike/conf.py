@@ -56,11 +56,13 @@ class IkeProposal:
 
 @dataclass(frozen=True)
 class ChildProposal:
-    """One child SA proposal: the ESP/AH transform and, for PFS in CREATE_CHILD_SA, a key exchange group."""
+    """One child SA proposal: the ESP/AH transform and, for PFS in CREATE_CHILD_SA, a key exchange group and
+    RFC 9370 additional key exchanges (`addke` as in IkeProposal; run over IKE_FOLLOWUP_KE, §2.2.4)."""
 
     protocol: Protocol
     transform: Transform
     ke: int | None = None
+    addke: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ class ExchangeType(enum.IntEnum):
     INFORMATIONAL = 37     # §1.4: delete, notify, liveness
     IKE_SESSION_RESUME = 38  # RFC 5723
     IKE_INTERMEDIATE = 43  # RFC 9242: between IKE_SA_INIT and IKE_AUTH (additional key exchanges)
-    IKE_FOLLOWUP_KE = 44   # RFC 9370 §2.2.2: additional key exchanges in CREATE_CHILD_SA
+    IKE_FOLLOWUP_KE = 44   # RFC 9370 §2.2.4: additional key exchanges after a CREATE_CHILD_SA
 
 
 class HeaderFlag(enum.IntFlag):
@@ -81,6 +81,7 @@ class NotifyType(enum.IntEnum):
     USE_ASSIGNED_HoA = 42              # RFC 5026
     TEMPORARY_FAILURE = 43             # §2.25: retry later (e.g. a rekey collision)
     CHILD_SA_NOT_FOUND = 44            # §2.25: the child SA to rekey does not exist
+    STATE_NOT_FOUND = 47               # RFC 9370 §2.2.4: an IKE_FOLLOWUP_KE we cannot link to a CREATE_CHILD_SA
 
     INITIAL_CONTACT = 16384            # §2.4: forget older IKE SAs with the same peer identity
     SET_WINDOW_SIZE = 16385            # §2.3: data: four-octet window size

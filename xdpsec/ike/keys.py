@@ -8,6 +8,10 @@ RFC 7296 in four formulas (the PRF is the negotiated one, see xdpsec/crypto/prf.
     SKEYSEED (rekey)  = prf_old(SK_d (old), g^ir (new) | Ni | Nr)              §2.18
     KEYMAT            = prf+(SK_d, [g^ir (new) |] Ni | Nr)                     §2.17
 
+RFC 9370 §2.2.4 appends the secrets SK(1)..SK(n) of the additional key exchanges (IKE_FOLLOWUP_KE) after the
+nonces, g^ir being SK(0): SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) for an IKE SA rekey and
+KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) for a child (`additional` below).
+
 The lengths of the SK_* keys are fixed by the negotiated transforms (`key_lengths`): an AEAD SK_e carries the
 salt after the key and SK_a is empty (RFC 5282 §7.1); SK_d, SK_pi and SK_pr are the PRF's preferred key
 length. Getting an order or a length wrong does not fail here: it fails as AUTHENTICATION_FAILED at the peer,
@@ -18,6 +22,7 @@ Pure: no I/O, no state. Key material is never part of repr().
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xdpsec.crypto.ikecipher import encr_key_len, integ_key_len
@@ -50,13 +55,16 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     return prf(ni + nr, shared)
 
 
-def rekey_skeyseed(prf: Prf, sk_d_old: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
-    """SKEYSEED of a rekeyed IKE SA = prf(SK_d (old), g^ir (new) | Ni | Nr) (RFC 7296 §2.18).
+def rekey_skeyseed(prf: Prf, sk_d_old: bytes, shared: bytes, ni: bytes, nr: bytes,
+                   additional: Sequence[bytes] = ()) -> bytes:
+    """SKEYSEED of a rekeyed IKE SA = prf(SK_d (old), g^ir (new) | Ni | Nr) (RFC 7296 §2.18), followed by
+    SK(1) | ... | SK(n) of its additional key exchanges (RFC 9370 §2.2.4).
 
     `prf` is the old IKE SA's PRF; the new SA's keys then come from `split_ike_keys` with the new SA's PRF,
-    nonces and SPIs.
+    nonces and SPIs. IKE_INTERMEDIATE's SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr) (§2.2.2) is this formula
+    with one secret and no `additional`.
     """
-    return prf(sk_d_old, shared + ni + nr)
+    return prf(sk_d_old, shared + ni + nr + b"".join(additional))
 
 
 def split_ike_keys(prf_id: int, encr: int, encr_key_bits: int, integ: int | None, skeyseed_: bytes,
@@ -78,16 +86,18 @@ def derive_ike_keys(prf_id: int, encr: int, encr_key_bits: int, integ: int | Non
 
 def child_keymat(prf_id: int, sk_d: bytes, ni: bytes, nr: bytes, enc_len_i: int, integ_len_i: int,
                  enc_len_r: int, integ_len_r: int,
-                 shared: bytes | None = None) -> tuple[bytes, bytes, bytes, bytes]:
+                 shared: bytes | None = None,
+                 additional: Sequence[bytes] = ()) -> tuple[bytes, bytes, bytes, bytes]:
     """(encryption key i->r, integrity key i->r, encryption key r->i, integrity key r->i) of a child SA.
 
-    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr) (RFC 7296 §2.17), `shared` given with PFS. Keys are taken
+    KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr) (RFC 7296 §2.17), `shared` given with PFS, then the secrets of
+    the additional key exchanges, `additional` (RFC 9370 §2.2.4: SK(0) | Ni | Nr | SK(1) | ... | SK(n)). Keys are taken
     in that order: first both keys of the SA carrying data from initiator to responder, then the other
     direction. An AEAD "encryption key" includes its salt; Ni and Nr are those of the CREATE_CHILD_SA exchange
     (or of IKE_SA_INIT for the first child).
     """
     sizes = (enc_len_i, integ_len_i, enc_len_r, integ_len_r)
-    seed = (shared or b"") + ni + nr
+    seed = (shared or b"") + ni + nr + b"".join(additional)
     enc_i, integ_i, enc_r, integ_r = _split(Prf(prf_id).plus(sk_d, seed, sum(sizes)), sizes)
     return enc_i, integ_i, enc_r, integ_r
 

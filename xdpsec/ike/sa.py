@@ -69,7 +69,8 @@ class State(enum.Enum):
 ACCEPTS: dict[State, frozenset[ExchangeType]] = {
     State.CREATED: frozenset({ExchangeType.IKE_SA_INIT}),
     State.CONNECTING: frozenset({ExchangeType.IKE_INTERMEDIATE, ExchangeType.IKE_AUTH}),  # RFC 9242 §3
-    State.ESTABLISHED: frozenset({ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL}),
+    State.ESTABLISHED: frozenset({ExchangeType.CREATE_CHILD_SA, ExchangeType.IKE_FOLLOWUP_KE,  # RFC 9370 §2.2.4
+                                  ExchangeType.INFORMATIONAL}),
     State.DELETING: frozenset({ExchangeType.INFORMATIONAL}),
     State.DEAD: frozenset(),
 }
@@ -172,6 +173,10 @@ class IkeSA:
         # response is still protected with the keys before its additional key exchange (RFC 9370 §2.2.2).
         self.next_crypto: Crypto | None = None
         self.intermediate = None  # tasks/ike_intermediate.Progress when IKE_SA_INIT chose additional KEs
+        # RFC 9370 §2.2.4 (tasks/followup_ke.py): what multi-KE CREATE_CHILD_SA sequences are about, in either
+        # role, and the responder's sequences by the link it gave out.
+        self.multi_ke: set = set()
+        self.followups: dict = {}
         # IKE_SA_INIT material that IKE_AUTH signs (§2.15) and child keys derive from (§2.17).
         self.ni = b""
         self.nr = b""
@@ -264,6 +269,11 @@ class IkeSA:
         """Queue one exchange (its tasks build one request together) and start it if the window is free."""
         self._queue.append(tasks)
         self._kick(now)
+
+    def queue_first(self, tasks: list[Task]) -> None:
+        """Queue one exchange ahead of all others (IKE_FOLLOWUP_KE continuing a CREATE_CHILD_SA); it starts
+        when the window is free, which a task calling this from `process()` is about to make it."""
+        self._queue.appendleft(tasks)
 
     def delete(self, reason: str, now: float) -> None:
         """Tear down with an INFORMATIONAL Delete (§1.4.1), or silently if nobody was authenticated.
@@ -540,8 +550,14 @@ class IkeSA:
         return None
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (self._main_timer(), self._keepalive_at(), self._lifetime_at()) if t is not None]
+        timers = [t for t in (self._main_timer(), self._keepalive_at(), self._lifetime_at(), self._followup_at())
+                  if t is not None]
         return min(timers, default=None)
+
+    def _followup_at(self) -> float | None:
+        from xdpsec.ike.tasks import followup_ke
+
+        return followup_ke.deadline(self)
 
     def _lifetime_at(self) -> float | None:
         """The next rekey, expiry or usage check of this SA or its children."""
@@ -624,6 +640,10 @@ class IkeSA:
             self.services.count("nat_keepalive_sent")
             self.now = now
             self._transmit(NAT_KEEPALIVE, self.local, self.remote)
+        followup = self._followup_at()
+        if followup is not None and now >= followup:
+            from xdpsec.ike.tasks import followup_ke
+            followup_ke.expire(self, now)
         lifetime = self._lifetime_at()
         if lifetime is not None and now >= lifetime:
             self._lifetimes(now)

@@ -97,6 +97,7 @@ def responder_tasks(ike: IkeSA, exchange: ExchangeType, inbound: Inbound) -> lis
     from xdpsec.ike.consts import ProtocolId
     from xdpsec.ike.tasks.child_create import ChildCreate
     from xdpsec.ike.tasks.child_rekey import ChildRekey
+    from xdpsec.ike.tasks.followup_ke import FollowupKe
     from xdpsec.ike.tasks.ike_auth import IkeAuth
     from xdpsec.ike.tasks.ike_init import IkeInit
     from xdpsec.ike.tasks.ike_intermediate import IkeIntermediate
@@ -109,6 +110,8 @@ def responder_tasks(ike: IkeSA, exchange: ExchangeType, inbound: Inbound) -> lis
         return [IkeIntermediate(ike, initiator=False)]
     if exchange == ExchangeType.IKE_AUTH:
         return [IkeAuth(ike, initiator=False), ChildCreate(ike, initiator=False, in_ike_auth=True)]
+    if exchange == ExchangeType.IKE_FOLLOWUP_KE:
+        return [FollowupKe(ike, initiator=False)]  # RFC 9370 §2.2.4: its link says which CREATE_CHILD_SA
     if exchange == ExchangeType.CREATE_CHILD_SA:
         sa = inbound.first(PayloadType.SA)
         if sa is not None and any(p.protocol == ProtocolId.IKE for p in sa.proposals):

@@ -10,6 +10,11 @@ The responder picks the first of its child configurations whose selectors inters
 IKE_AUTH leaves the IKE SA standing (§2.21.2). KEYMAT = prf+(SK_d, [g^ir |] Ni | Nr) (§2.17); the first keys
 protect traffic from the exchange's initiator to its responder. Each side then holds an outbound SA keyed
 with the peer's SPI and an inbound SA with the SPI it chose, and reports both in one ChildUp.
+
+With PFS a proposal may add RFC 9370 additional key exchanges (ADDKE transforms): the response carries
+N(ADDITIONAL_KEY_EXCHANGE) and the pair is derived and reported only after the IKE_FOLLOWUP_KE exchanges
+(tasks/followup_ke.py), KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (§2.2.4). While the IKE SA
+is rekeyed with additional key exchanges, a new child is refused with TEMPORARY_FAILURE.
 """
 
 from __future__ import annotations
@@ -20,9 +25,18 @@ from xdpsec.ike.conf import ChildConfig, ChildProposal
 from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType
 from xdpsec.ike.events import ChildUp, Failure
 from xdpsec.ike.keys import child_keymat
-from xdpsec.ike.tasks import Inbound, Status, Task, notify, notify_name, payload
+from xdpsec.ike.tasks import Inbound, Status, Task, followup_ke, notify, notify_name, payload
+from xdpsec.ike.tasks.followup_ke import IKE_SA, offers_addke
 from xdpsec.ike.tasks.ike_init import NONCE_LEN, NONCE_MAX, NONCE_MIN
-from xdpsec.ike.tasks.proposal import accept, answer, child_offer, child_suite, select, without_ke
+from xdpsec.ike.tasks.proposal import (
+    accept,
+    additional_methods,
+    answer,
+    child_offer,
+    child_suite,
+    select,
+    without_ke,
+)
 from xdpsec.sa import Direction, Mode, Protocol, SAParams, UdpEncap
 
 _MIN_SPI = 0x100  # RFC 4303 §2.1: 1..255 reserved
@@ -57,6 +71,12 @@ class ChildCreate(Task):
         self.narrowed: tuple[list[ts.TsRange], list[ts.TsRange]] = ([], [])
         self.skip = False
         self.peer_nonce = b""  # the other side's nonce of this exchange (rekey collisions compare them, §2.8.1)
+        self.link = b""        # responder: N(ADDITIONAL_KEY_EXCHANGE) data when IKE_FOLLOWUP_KE follows
+
+    @property
+    def target(self):
+        """What a multi-KE sequence of this exchange is about (followup_ke.py): a new child is its own."""
+        return self
 
     def _suite(self, p: ChildProposal):
         return child_suite(p, self.pfs_possible)
@@ -78,7 +98,10 @@ class ChildCreate(Task):
         self.spi = self.spi or ike.services.new_child_spi()
         if c.mode == Mode.TRANSPORT:
             out.append(notify(NotifyType.USE_TRANSPORT_MODE))
-        out.append(payload(PayloadType.SA, child_offer(self._usable(c), self.spi, self.pfs_possible)))
+        offer = child_offer(self._usable(c), self.spi, self.pfs_possible)
+        out.append(payload(PayloadType.SA, offer))
+        if offers_addke(offer):
+            followup_ke.begin(ike, self.target)  # refuse colliding rekeys until the sequence ends
         if not self.in_ike_auth:
             self.nonce = ike.services.rng(NONCE_LEN)
             out.append(payload(PayloadType.NONCE, wire.Nonce(self.nonce)))
@@ -100,6 +123,8 @@ class ChildCreate(Task):
             out.append(payload(PayloadType.NONCE, wire.Nonce(self.nonce)))
             if self.kex is not None:
                 out.append(payload(PayloadType.KE, wire.KE(self.kex.group, self.kex.public())))
+            if self.link:
+                out.append(followup_ke.link_notify(self.link))  # RFC 9370 §2.2.4: link1
         tsi, tsr = self.narrowed
         out.append(payload(PayloadType.TSi, ts.to_wire(tsi)))
         out.append(payload(PayloadType.TSr, ts.to_wire(tsr)))
@@ -129,6 +154,8 @@ class ChildCreate(Task):
             return
         if offer is None or tsi is None or tsr is None:
             raise _Reject(NotifyType.INVALID_SYNTAX)
+        if not self.in_ike_auth and followup_ke.busy(ike, IKE_SA):
+            raise _Reject(NotifyType.TEMPORARY_FAILURE)  # §2.25.2: the IKE SA is being rekeyed (multi-KE)
         peer_i, peer_r = ts.from_wire(tsi), ts.from_wire(tsr)
         config, narrowed = self._pick_config(peer_i, peer_r)
         if self.in_ike_auth:
@@ -152,6 +179,11 @@ class ChildCreate(Task):
         ni, nr = (ike.ni, ike.nr) if self.in_ike_auth else (peer_nonce, self.nonce)
         self.peer_nonce = peer_nonce
         # our view: TSr is local, TSi remote
+        methods = () if self.in_ike_auth else additional_methods(mine.addke)
+        if methods:
+            self.link = followup_ke.expect(ike, self.target, methods, lambda secrets: self._install(
+                mine, peer_spi, narrowed[1], narrowed[0], ni, nr, shared, secrets))
+            return
         self._install(mine, peer_spi, narrowed[1], narrowed[0], ni, nr, shared)
 
     def _pick_config(self, peer_i, peer_r) -> tuple[ChildConfig, tuple[list, list]]:
@@ -184,6 +216,7 @@ class ChildCreate(Task):
 
     def _process_response(self, inbound: Inbound) -> Status:
         ike, c = self.ike, self.config
+        followup_ke.end(ike, self.target)  # begun again below if IKE_FOLLOWUP_KE follows
         error = inbound.error()
         if error == NotifyType.INVALID_KE_PAYLOAD and not self.in_ike_auth:
             data = inbound.notify(error).data
@@ -221,8 +254,14 @@ class ChildCreate(Task):
                 except KeyExchangeError as e:
                     return self._fail(f"responder key exchange: {e}")
         ni, nr = (ike.ni, ike.nr) if self.in_ike_auth else (self.nonce, peer_nonce)
-        if not self._install(mine, int.from_bytes(theirs.spi, "big"), local, remote, ni, nr, shared):
+        peer_spi = int.from_bytes(theirs.spi, "big")
+        if peer_spi < _MIN_SPI:
             return self._fail("responder's SPI is reserved")
+        methods = () if self.in_ike_auth else additional_methods(mine.addke)
+        if methods:
+            return followup_ke.start(ike, inbound, self.target, methods, fail=self._fail, finish=lambda secrets: (
+                self._install(mine, peer_spi, local, remote, ni, nr, shared, secrets)))
+        self._install(mine, peer_spi, local, remote, ni, nr, shared)
         return Status.DONE
 
     def _fail(self, reason: str) -> Status:
@@ -233,17 +272,16 @@ class ChildCreate(Task):
     # --- keys and SAs ---------------------------------------------------------------------------------------
 
     def _install(self, mine: ChildProposal, peer_spi: int, local: list, remote: list, ni: bytes, nr: bytes,
-                 shared: bytes | None) -> bool:
-        """Derive KEYMAT (§2.17), build both SAParams and hand the pair to `_established`. False if the peer's
-        SPI is unusable."""
+                 shared: bytes | None, additional: list[bytes] | tuple[bytes, ...] = ()) -> None:
+        """Derive KEYMAT (§2.17; with the secrets of IKE_FOLLOWUP_KE, RFC 9370 §2.2.4), build both SAParams and
+        hand the pair to `_established`. The peer's SPI was checked (RFC 4303 §2.1)."""
         from xdpsec.ike.sa import Child
 
         ike, c, tf = self.ike, self.config, mine.transform
-        if peer_spi < _MIN_SPI:
-            return False
         crypto = ike.crypto
         enc, integ = tf.enc_key_len, tf.integ_key_len
-        ei, ai, er, ar = child_keymat(crypto.proposal.prf, crypto.keys.sk_d, ni, nr, enc, integ, enc, integ, shared)
+        ei, ai, er, ar = child_keymat(crypto.proposal.prf, crypto.keys.sk_d, ni, nr, enc, integ, enc, integ, shared,
+                                      additional)
         # The first keys carry traffic from this exchange's initiator (§2.17).
         (out_e, out_a), (in_e, in_a) = ((ei, ai), (er, ar)) if self.initiator else ((er, ar), (ei, ai))
         encap = UdpEncap(ike.local[1], ike.remote[1]) if ike.nat and mine.protocol == Protocol.ESP else None
@@ -253,7 +291,6 @@ class ChildCreate(Task):
         out = SAParams(spi=peer_spi, direction=Direction.OUT, enc_key=out_e, integ_key=out_a, **common)
         inb = SAParams(spi=self.spi, direction=Direction.IN, enc_key=in_e, integ_key=in_a, **common)
         self._established(Child(c.name, out, inb))
-        return True
 
     def _established(self, child) -> None:
         """Keep the new pair and report it (a rekey may decide otherwise, see child_rekey.py)."""

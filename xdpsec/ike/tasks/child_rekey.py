@@ -26,6 +26,9 @@ Collisions (§2.25.1, after strongSwan's child_rekey.c):
   (deleted meanwhile): CHILD_SA_NOT_FOUND. Either answer to our own rekey leaves the old pair to its fate: if the
   peer has lost a pair we still have, we drop it silently and create the child afresh (§2.25).
 * While the IKE SA is being rekeyed a child rekey is refused with TEMPORARY_FAILURE (§2.25.2).
+* With RFC 9370 additional key exchanges (IKE_FOLLOWUP_KE, tasks/followup_ke.py) no new pair exists until the
+  last of them, so the nonce rule cannot run: a rekey of a pair during its multi-KE sequence, or a multi-KE
+  rekey colliding with ours, gets TEMPORARY_FAILURE and both sides retry later.
 
 A rekey that fails (an error notify, a response we cannot use) leaves the old pair working: it is counted as
 `rekey_failed`, reported as a Failure and tried again after REKEY_RETRY, until the pair's hard lifetime.
@@ -34,10 +37,11 @@ A rekey that fails (an error notify, a response we cannot use) leaves the old pa
 from __future__ import annotations
 
 from xdpsec.ike import wire
-from xdpsec.ike.consts import NotifyType, ProtocolId
+from xdpsec.ike.consts import NotifyType, PayloadType, ProtocolId
 from xdpsec.ike.events import ChildDown, ChildUp, Failure
 from xdpsec.ike.tasks import Inbound, Status, notify
 from xdpsec.ike.tasks.child_create import ChildCreate, _Reject
+from xdpsec.ike.tasks.followup_ke import busy, offers_addke
 from xdpsec.sa import Protocol
 
 _PROTOCOL = {ProtocolId.ESP: Protocol.ESP, ProtocolId.AH: Protocol.AH}
@@ -59,6 +63,11 @@ class ChildRekey(ChildCreate):
         self.collision: ChildRekey | None = None  # the peer's rekey of the same pair, answered meanwhile
         self.partner: ChildRekey | None = None    # responder: our own outstanding rekey of that pair
         self.new = None
+
+    @property
+    def target(self):
+        """A multi-KE sequence of a rekey is about the pair it replaces (followup_ke.py)."""
+        return self.old
 
     def obsolete(self) -> bool:
         from xdpsec.ike.sa import ChildState
@@ -105,8 +114,10 @@ class ChildRekey(ChildCreate):
             return Status.FAILED
         ike.services.count("rekey_failed")
         ike.services.emit(Failure(ike.name, f"child {old.name}: rekey failed: {reason}"))
-        if old in ike.children and old.state == ChildState.REKEYING:
-            old.state = ChildState.INSTALLED  # keeps working; try again later, before its hard lifetime
+        if old.state == ChildState.REKEYING:
+            # Keeps working; try again later, before its hard lifetime. It may have moved to a new IKE SA while
+            # the refusal was on its way (an IKE rekey the peer finished meanwhile): that one retries it.
+            old.state = ChildState.INSTALLED
             old.rekey_at = ike.retry_at()
         return Status.FAILED
 
@@ -116,14 +127,14 @@ class ChildRekey(ChildCreate):
         if self.initiator:
             return super().process(inbound)
         try:
-            self._find_old(inbound.notify(NotifyType.REKEY_SA))
+            self._find_old(inbound.notify(NotifyType.REKEY_SA), inbound.first(PayloadType.SA))
         except _Reject as e:
             self.ike.services.count(f"child_rekey_rejected_{e}")
             self.error = e
             return Status.DONE
         return super().process(inbound)
 
-    def _find_old(self, n: wire.Notify) -> None:
+    def _find_old(self, n: wire.Notify, offer: wire.SA | None) -> None:
         """The pair the peer rekeys, named by its inbound SPI, i.e. our outbound one; or why we refuse."""
         from xdpsec.ike.sa import ChildState
         from xdpsec.ike.tasks.ike_rekey import IkeRekey
@@ -138,6 +149,8 @@ class ChildRekey(ChildCreate):
             raise _Reject(NotifyType.TEMPORARY_FAILURE)  # §2.25.2: we are rekeying the IKE SA
         if old.state in (ChildState.DELETING, ChildState.REKEYED):
             raise _Reject(NotifyType.TEMPORARY_FAILURE)  # §2.25.1: we are closing it
+        if busy(ike, old) or (old.state == ChildState.REKEYING and offers_addke(offer)):
+            raise _Reject(NotifyType.TEMPORARY_FAILURE)  # RFC 9370 §2.2.4: see the module docstring
         self.old = old
         self.config = ike.child_config(old.name)
         if self.config is None:
@@ -171,6 +184,7 @@ class ChildRekey(ChildCreate):
         if not self.initiator:
             if self.partner is not None:
                 self.partner.collision = self  # decided when our own rekey's response arrives
+                ike.services.count("child_rekey_collision")  # §2.8.1: seen by both sides, one resolution each
             elif old in ike.children:
                 old.state = ChildState.REKEYED  # the initiator deletes it
             return

@@ -11,14 +11,20 @@ started the old one. Its message IDs start at zero. The child SAs move to the ne
 not depend on the IKE SA's), the new SA is reported with IkeUp and the rekey's initiator deletes the old one;
 a replaced SA emits no IkeDown, since the connection never went down.
 
+A proposal with additional key exchanges (a hybrid IKE SA, RFC 9370 §2.2.4) is offered and chosen like any
+other; the CREATE_CHILD_SA then carries the main key exchange (SK(0)) and N(ADDITIONAL_KEY_EXCHANGE), one
+IKE_FOLLOWUP_KE per ADDKE follows on the old SA (tasks/followup_ke.py), and the new SA exists only after the
+last: SKEYSEED = prf(SK_d old, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
+
 Collisions (§2.8.2, §2.25.2, after strongSwan's ike_rekey.c):
 
 * Both sides rekey at once: both answer, both new SAs come up; the one created by the exchange holding the
   lowest of the four nonces is redundant and deleted by the side that initiated that exchange; the other side
   deletes the old SA. Until both exchanges are done the children stay on the old SA. If the old SA is deleted
   by the peer first (it saw no collision), its rekey survives.
-* The peer rekeys the IKE SA while we create, rekey or delete a child (or after we replaced it):
-  TEMPORARY_FAILURE. The peer deletes the IKE SA we are rekeying: we answer and forget our rekey.
+* The peer rekeys the IKE SA while we create, rekey or delete a child (or after we replaced it), or while
+  any multi-KE sequence runs, or its rekey or ours has additional key exchanges: TEMPORARY_FAILURE.
+  The peer deletes the IKE SA we are rekeying: we answer and forget our rekey.
 
 A failed rekey (an error notify or an unusable answer) leaves the old SA as it is: counted as `rekey_failed`,
 reported as a Failure, and tried again after REKEY_RETRY until the SA's hard lifetime.
@@ -32,8 +38,9 @@ from xdpsec.ike import wire
 from xdpsec.ike.consts import ExchangeType, NotifyType, PayloadType, ProtocolId
 from xdpsec.ike.events import Failure, IkeUp
 from xdpsec.ike.keys import SPI_LEN, rekey_skeyseed, split_ike_keys
-from xdpsec.ike.tasks import Inbound, Status, Task, notify_name, payload
+from xdpsec.ike.tasks import Inbound, Status, Task, followup_ke, notify_name, payload
 from xdpsec.ike.tasks.child_rekey import lowest_nonce_is_ours
+from xdpsec.ike.tasks.followup_ke import IKE_SA, offers_addke
 from xdpsec.ike.tasks.ike_init import (
     NONCE_LEN,
     NONCE_MAX,
@@ -42,7 +49,7 @@ from xdpsec.ike.tasks.ike_init import (
     initiator_share,
     responder_share,
 )
-from xdpsec.ike.tasks.proposal import accept, answer, ike_offer, ike_suite, select
+from xdpsec.ike.tasks.proposal import accept, additional_methods, answer, ike_offer, ike_suite, select
 
 
 class IkeRekey(Task):
@@ -59,18 +66,21 @@ class IkeRekey(Task):
         self.chosen = None      # responder: (our IkeProposal, the peer's wire.Proposal)
         self.new = None         # the new IkeSA
         self.collision: IkeRekey | None = None  # the peer's rekey, answered while ours was outstanding
+        self.link = b""         # responder: N(ADDITIONAL_KEY_EXCHANGE) data when IKE_FOLLOWUP_KE follows
 
     def obsolete(self) -> bool:
         return not self.ike.usable
 
     # --- both roles -----------------------------------------------------------------------------------------
 
-    def _new_sa(self, proposal, ispi: int, rspi: int, ni: bytes, nr: bytes, shared: bytes):
-        """The new IKE SA (§2.18), established and routed to, not yet carrying the children."""
+    def _new_sa(self, proposal, ispi: int, rspi: int, ni: bytes, nr: bytes, shared: bytes,
+                additional: tuple[bytes, ...] | list[bytes] = ()):
+        """The new IKE SA (§2.18; with the secrets of IKE_FOLLOWUP_KE, RFC 9370 §2.2.4), established and routed
+        to, not yet carrying the children."""
         from xdpsec.ike.sa import Crypto, IkeSA, State
 
         old = self.ike
-        seed = rekey_skeyseed(Prf(old.crypto.proposal.prf), old.crypto.keys.sk_d, shared, ni, nr)
+        seed = rekey_skeyseed(Prf(old.crypto.proposal.prf), old.crypto.keys.sk_d, shared, ni, nr, additional)
         keys = split_ike_keys(proposal.prf, proposal.encr, proposal.encr_key_bits, proposal.integ, seed,
                               ni, nr, ispi, rspi)
         new = IkeSA(old.conn, initiator=self.initiator, ispi=ispi, local=old.local, remote=old.remote,
@@ -113,15 +123,19 @@ class IkeRekey(Task):
         if self.kex is None or self.kex.group != self.group:
             self.kex = new_key_exchange(self.group)
         self.nonce = ike.services.rng(NONCE_LEN)
-        out += [payload(PayloadType.SA, ike_offer(ike.conn.proposals, self.spi.to_bytes(SPI_LEN, "big"))),
+        offer = ike_offer(ike.conn.proposals, self.spi.to_bytes(SPI_LEN, "big"))
+        out += [payload(PayloadType.SA, offer),
                 payload(PayloadType.NONCE, wire.Nonce(self.nonce)),
                 payload(PayloadType.KE, wire.KE(self.group, self.kex.public()))]
+        if offers_addke(offer):
+            followup_ke.begin(ike, IKE_SA)  # refuse colliding rekeys until the sequence ends (followup_ke.py)
 
     def process(self, inbound: Inbound) -> Status:
         if not self.initiator:
             self._process_request(inbound)
             return Status.DONE
         ike = self.ike
+        followup_ke.end(ike, IKE_SA)  # begun again below if IKE_FOLLOWUP_KE follows
         error = inbound.error()
         if error == NotifyType.INVALID_KE_PAYLOAD:
             data = inbound.notify(error).data
@@ -145,8 +159,14 @@ class IkeRekey(Task):
         except BadShare as e:
             return self._fail(str(e))
         self.peer_nonce = nonce.data
-        new = self._new_sa(mine, self.spi, int.from_bytes(theirs.spi, "big"), self.nonce, nonce.data, shared)
-        self._resolve(new)
+        rspi = int.from_bytes(theirs.spi, "big")
+        methods = additional_methods(mine.addke)
+        if methods:
+            # RFC 9370 §2.2.4: the new SA exists once every IKE_FOLLOWUP_KE is done; no collision is possible
+            # meanwhile (colliding rekeys were refused), so the plain take-over of `_resolve` applies.
+            return followup_ke.start(ike, inbound, IKE_SA, methods, fail=self._fail, finish=lambda secrets: self._resolve(
+                self._new_sa(mine, self.spi, rspi, self.nonce, nonce.data, shared, secrets)))
+        self._resolve(self._new_sa(mine, self.spi, rspi, self.nonce, nonce.data, shared))
         return Status.DONE
 
     def _resolve(self, new) -> None:
@@ -194,14 +214,25 @@ class IkeRekey(Task):
         mine, theirs = chosen
         if len(theirs.spi) != SPI_LEN or not int.from_bytes(theirs.spi, "big"):
             raise wire.IkeError(NotifyType.INVALID_SYNTAX, "new IKE SPI is not 8 non-zero octets")
+        ours = next((t for t in outstanding if isinstance(t, IkeRekey)), None)
+        if ike.multi_ke or (ours is not None and offers_addke(sa)):
+            # RFC 9370 §2.2.4 with RFC 7296 §2.25.2: a multi-KE sequence is running here, or this one would
+            # collide with ours; both retry later (see followup_ke.py).
+            raise wire.IkeError(NotifyType.TEMPORARY_FAILURE, "a multi-KE exchange is in progress")
         self.kex, shared = initiator_share(mine.ke, ke)
         self.chosen = chosen
         self.spi = ike.services.new_ike_spi()
         self.nonce, self.peer_nonce = ike.services.rng(NONCE_LEN), nonce.data
-        new = self._new_sa(mine, int.from_bytes(theirs.spi, "big"), self.spi, nonce.data, self.nonce, shared)
-        ours = next((t for t in outstanding if isinstance(t, IkeRekey)), None)
+        ispi = int.from_bytes(theirs.spi, "big")
+        methods = additional_methods(mine.addke)
+        if methods:
+            self.link = followup_ke.expect(ike, IKE_SA, methods, lambda secrets: self._take_over(
+                self._new_sa(mine, ispi, self.spi, nonce.data, self.nonce, shared, secrets)))
+            return
+        new = self._new_sa(mine, ispi, self.spi, nonce.data, self.nonce, shared)
         if ours is not None:
             ours.collision = self  # decided when our own rekey's response arrives (§2.8.2)
+            ike.services.count("ike_rekey_collision")
         else:
             self._take_over(new)   # the peer deletes the old SA
 
@@ -211,3 +242,5 @@ class IkeRekey(Task):
                                                ike_suite(mine))),
                 payload(PayloadType.NONCE, wire.Nonce(self.nonce)),
                 payload(PayloadType.KE, wire.KE(mine.ke, self.kex.public()))]
+        if self.link:
+            out.append(followup_ke.link_notify(self.link))  # RFC 9370 §2.2.4: link1

@@ -8,16 +8,14 @@ exactly. An absent ESN transform counts as "no ESN"; for the types that have a N
 KE, and RFC 9370's ADDKE1..7, §2.2.1) an absent type and the NONE transform mean the same, so a peer offering
 `ke1_mlkem768-ke1_none` matches our classic proposal as well as our hybrid one.
 
-IKE rekeys (an IKE proposal with an SPI) carry no additional key exchanges: they would need IKE_FOLLOWUP_KE
-(RFC 9370 §2.2.4), which is not implemented. Our hybrid proposals are offered and matched there with their
-classic transforms only (the new IKE SA has a classic key exchange); a peer insisting on ADDKE in a rekey gets
-NO_PROPOSAL_CHOSEN and the old SA lives on until it expires.
+IKE rekeys and child SAs with PFS offer and match their ADDKE transforms like IKE_SA_INIT does; the additional
+key exchanges then run over IKE_FOLLOWUP_KE (RFC 9370 §2.2.4, tasks/followup_ke.py). A peer that does not know
+Transform Types 6..12 skips such a proposal (RFC 7296 §3.3.6) and picks a classic one if we offer it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from xdpsec.ike import wire
 from xdpsec.ike.conf import ChildProposal, IkeProposal
@@ -57,27 +55,21 @@ def child_suite(p: ChildProposal, pfs: bool = True) -> Suite:
         t.append(wire.Transform(TransformType.INTEG, tf.integ))
     if p.ke and pfs:
         t.append(wire.Transform(TransformType.KE, p.ke))
+    if pfs:
+        t += [wire.Transform(TransformType.ADDKE1 + i, m) for i, m in enumerate(p.addke) if m]
     t.append(wire.Transform(TransformType.ESN, EsnId.ESN if tf.esn else EsnId.NO_ESN))
     return tuple(t)
 
 
 def ike_offer(proposals: Sequence[IkeProposal], spi: bytes = b"") -> wire.SA:
-    """Our IKE proposals; `spi` is empty in IKE_SA_INIT and the new SA's 8-octet SPI in a rekey (§3.3.1),
-    where they go without additional key exchanges (module docstring)."""
-    if spi:
-        proposals = list(dict.fromkeys(classic(p) for p in proposals))
+    """Our IKE proposals; `spi` is empty in IKE_SA_INIT and the new SA's 8-octet SPI in a rekey (§3.3.1)."""
     return wire.SA(tuple(wire.Proposal(i + 1, ProtocolId.IKE, spi, ike_suite(p))
                          for i, p in enumerate(proposals)))
 
 
-def classic(p: IkeProposal) -> IkeProposal:
-    """The proposal without its additional key exchanges."""
-    return replace(p, addke=()) if p.addke else p
-
-
-def _for(mine, theirs: wire.Proposal):
-    """Our proposal as it can be matched against `theirs`: classic in an IKE rekey (module docstring)."""
-    return classic(mine) if theirs.protocol == ProtocolId.IKE and theirs.spi else mine
+def additional_methods(addke: Sequence[int]) -> tuple[int, ...]:
+    """The additional key exchanges to run, in Transform Type order, NONE left out (RFC 9370 §2.2.1)."""
+    return tuple(m for m in addke if m)
 
 
 def child_offer(proposals: Sequence[ChildProposal], spi: int, pfs: bool) -> wire.SA:
@@ -123,8 +115,8 @@ def select(offer: wire.SA, ours: Sequence, suite, protocol: ProtocolId | None = 
     for mine in ours:
         for theirs in offer.proposals:
             want = protocol if protocol is not None else _PROTOCOL[mine.protocol]
-            if theirs.protocol == want and _fits(suite(_for(mine, theirs)), _offered(theirs)):
-                return _for(mine, theirs), theirs
+            if theirs.protocol == want and _fits(suite(mine), _offered(theirs)):
+                return mine, theirs
     return None
 
 
@@ -139,6 +131,6 @@ def accept(reply: wire.SA, ours: Sequence, suite, protocol: ProtocolId | None = 
     theirs = reply.proposals[0]
     for mine in ours:
         want = protocol if protocol is not None else _PROTOCOL[mine.protocol]
-        if theirs.protocol == want and _exact(suite(_for(mine, theirs)), theirs):
-            return _for(mine, theirs), theirs
+        if theirs.protocol == want and _exact(suite(mine), theirs):
+            return mine, theirs
     return None
