@@ -185,16 +185,19 @@ class Netlink:
         if found is None:
             return None
         oif, gateway, mtu, local = found
-        link = self.iface(oif)
+        # Name and MAC only: iface() also lists the interface's addresses, which on a gateway with a thousand
+        # outer addresses made every resolution decode a thousand netlink messages.
+        link = self._ipr.link("get", index=oif)[0]
+        name, mac = link.get("IFLA_IFNAME"), _mac(link.get("IFLA_ADDRESS"))
         if local:
-            return NextHop(oif, link.name, link.mac, link.mac, mtu, None, True)
+            return NextHop(oif, name, mac, mac, mtu, None, True)
         hop = gateway or dst
         dst_mac = self.neighbour(oif, hop)
         if dst_mac is None:
             dst_mac = self._solicit_and_wait(oif, hop, timeout)
         if dst_mac is None:
             return None
-        return NextHop(oif, link.name, link.mac, dst_mac, mtu, gateway, False)
+        return NextHop(oif, name, mac, dst_mac, mtu, gateway, False)
 
     def _solicit_and_wait(self, ifindex: int, addr: IPAddress, timeout: float) -> bytes | None:
         # Polling keeps this a plain request/response socket; the answer typically lands within a
