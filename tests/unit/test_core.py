@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from scapy.all import ICMP, IP, UDP, Ether, ICMPv6PacketTooBig, IPv6, Raw, defragment
 
 from xdpsec.abi import DropReason, Kind
-from xdpsec.dataplane.core import PacketCore, Port, Route
+from xdpsec.dataplane import core as coremod
+from xdpsec.dataplane.core import HOLD_PER_DST, PacketCore, Port, Route
 from xdpsec.sa import Direction, Encr, Mode, Protocol, SAParams, TrafficSelector, Transform, UdpEncap
 
 A_LAN, A_WAN, B_WAN, B_LAN = (bytes.fromhex(m) for m in ("02000000000a", "02000000000b", "02000000000c",
@@ -77,6 +78,33 @@ def test_first_packet_waits_for_its_next_hop_then_leaves(gateways):
     assert eth[IP].ttl == 62  # one hop at each gateway
     assert bytes(eth[ICMP]) == bytes(Ether(frame)[ICMP])
     assert not b.drops
+
+
+def test_a_burst_to_an_unresolved_host_is_held_up_to_its_bound_then_leaves_in_order(gateways):
+    a, b = gateways
+    dst = ipaddress.ip_address("198.51.100.130")
+    frames = [from_host_a(IP(src="198.51.100.10", dst=str(dst)) / UDP(sport=1, dport=2) / Raw(b"%04d" % i))
+              for i in range(HOLD_PER_DST + 3)]
+    for frame in frames:
+        assert through(a, b, frame) == []
+    assert b.drops[DropReason.NO_NEIGHBOR] == 3  # beyond HOLD_PER_DST
+    b.set_route(dst.packed, Route.make(0, B_LAN, HOST_B, 1500))
+    released = b.take_ready()
+    assert [bytes(Ether(out)[Raw]) for _slot, out in released] == [b"%04d" % i for i in range(HOLD_PER_DST)]
+    assert b._held_bytes == 0
+
+
+def test_held_packets_are_bounded_in_bytes_across_next_hops(gateways, monkeypatch):
+    a, b = gateways
+    monkeypatch.setattr(coremod, "HOLD_BYTES", 3100)  # three inner packets of 1020 bytes
+    big = Raw(b"x" * 1000)
+    for i in range(4):  # four hosts, one ~1 kB packet each: the fourth does not fit
+        assert through(a, b, from_host_a(IP(src="198.51.100.10", dst=f"198.51.100.{130 + i}") / big)) == []
+    assert b.drops[DropReason.NO_NEIGHBOR] == 1
+    b.unresolved(ipaddress.ip_address("198.51.100.130").packed)  # dropped, and its bytes freed
+    assert through(a, b, from_host_a(IP(src="198.51.100.10", dst="198.51.100.140") / big)) == []
+    assert b.drops[DropReason.NO_NEIGHBOR] == 2  # the unresolved host's packet
+    assert b._held_bytes == 3 * 1020
 
 
 @pytest.mark.parametrize("inner", [

@@ -29,8 +29,12 @@ from xdpsec.wire.eth import ETH_P_IP, ETH_P_IPV6
 ETH_HLEN = 14
 FIB_MAX = 65536          # cached destinations per worker
 REQUESTS_MAX = 1024      # outstanding next-hop requests per worker
-HOLD_PER_DST = 4         # packets held per unresolved next hop (the kernel's default unres_qlen is 3 to 101)
+#: Packets held while a next hop is resolved. A tunnel's first burst goes to a host nobody asked for yet, so the
+#: queue is sized like the kernel's own (unres_qlen_bytes 212992: about 100 full-size packets per neighbour),
+#: and bounded in bytes per worker as well: a flood toward unresolvable hosts holds at most HOLD_BYTES.
+HOLD_PER_DST = 64        # packets per unresolved next hop
 HOLD_DSTS = 256          # unresolved next hops with packets held
+HOLD_BYTES = 1 << 20     # bytes held in all, per worker
 #: Bytes kept in reserve below the path MTU when telling a sender how big it may go: ESP pads to the cipher's
 #: block (up to 15 bytes for AES-CBC) so the exact overhead depends on the length; being 16 bytes conservative
 #: guarantees the sender's next packet fits.
@@ -100,6 +104,7 @@ class PacketCore:
         self._requests: dict[bytes, None] = {}  # ordered set
         # next hop -> [(sa index or -1, IP packet, TTL still to be decremented)]
         self._held: dict[bytes, list[tuple[int, bytes, bool]]] = {}
+        self._held_bytes = 0
         self._ready: list[tuple[int, bytes]] = []
         self.drops: Counter[int] = Counter()
         self.rx = 0
@@ -162,7 +167,7 @@ class PacketCore:
             self.fib.pop(next(iter(self.fib)))  # oldest first: the cache is bounded, the kernel is the truth
         self.fib[dst] = route
         self._requests.pop(dst, None)
-        for sa_index, pkt, decrement in self._held.pop(dst, ()):
+        for sa_index, pkt, decrement in self._unhold(dst):
             if route is None:
                 self.count_drop(DropReason.NO_ROUTE, sa_index)
                 continue
@@ -176,7 +181,7 @@ class PacketCore:
 
     def unresolved(self, dst: bytes) -> None:
         """The coordinator could not resolve `dst` this time: drop what waits for it (it will ask again)."""
-        for sa_index, _pkt, _decrement in self._held.pop(dst, ()):
+        for sa_index, _pkt, _decrement in self._unhold(dst):
             self.count_drop(DropReason.NO_NEIGHBOR, sa_index)
 
     def forget_routes(self) -> None:
@@ -211,9 +216,15 @@ class PacketCore:
             if len(self._held) >= HOLD_DSTS:
                 raise Drop(DropReason.NO_NEIGHBOR)
             held = self._held[dst] = []
-        if len(held) >= HOLD_PER_DST:
+        if len(held) >= HOLD_PER_DST or self._held_bytes + len(pkt) > HOLD_BYTES:
             raise Drop(DropReason.NO_NEIGHBOR)
         held.append((sa_index, pkt, decrement))
+        self._held_bytes += len(pkt)
+
+    def _unhold(self, dst: bytes) -> list[tuple[int, bytes, bool]]:
+        held = self._held.pop(dst, [])
+        self._held_bytes -= sum(len(pkt) for _sa, pkt, _dec in held)
+        return held
 
     # --- packets ---------------------------------------------------------------------------------------------
     def process_frame(self, slot: int, buf: memoryview, addr: int, length: int, kind: int, sa_index: int,
