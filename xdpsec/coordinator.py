@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import heapq
 import ipaddress
 import itertools
 import logging
@@ -92,6 +93,10 @@ HANDOFF_SLOTS = 1024
 ROUTE_REFRESH = 30.0  # seconds between re-resolving known next hops (neighbours move, routes change)
 RESOLVE_RETRY = 0.5  # do not ask the kernel about the same unresolved destination more often than this
 RESOLVE_QUEUE = 1024
+#: Threads resolving next hops at once: a neighbour that never answers holds one of them for RESOLVE_TIMEOUT,
+#: not every request queued behind it (install_child primes hosts that may well be down).
+RESOLVERS = 4
+RESOLVE_TIMEOUT = 1.0  # seconds the kernel gets to resolve a neighbour before its held packets are dropped
 QUERY_TIMEOUT = 2.0
 TRAP_RETRY = 10.0  # seconds before an acquire may start another negotiation of the same child
 RESTART_BACKOFF = 1.0  # seconds: a worker that dies sooner than this after starting is restarted this much later
@@ -265,6 +270,13 @@ class Gateway:
         self.rings: dict[tuple[int, int], HandoffRing] = {}
         self.sas: dict[int, InstalledSA] = {}
         self.child_ids: dict[str, int] = {}  # child or child instance -> its slot in the classifier's xs_child_out
+        # Indexes kept exact with `sas` and `child_ids` (under _sa_lock), so that setting up, rekeying and
+        # deleting a child costs the same with 10 children as with 1,000.
+        self._free_child_ids: list[int] = []  # heap of freed child slots below _next_child_id
+        self._next_child_id = 1  # every slot from here up is free
+        self._spis: collections.Counter[int] = collections.Counter()  # SPI -> installed SAs using it
+        self._in_spis: collections.Counter[tuple[int, int]] = collections.Counter()  # (SPI, protocol), inbound
+        self._held: collections.Counter[int] = collections.Counter()  # worker -> installed SAs it owns
         self.instance_policies: dict[str, list[Policy]] = {}  # instance -> its own SPD entries (under _sa_lock)
         self._policy_ids = itertools.count(INSTANCE_POLICY_IDS)
         self.pairs = ChildPairs()  # under _sa_lock
@@ -276,6 +288,7 @@ class Gateway:
         self.seqstore: SeqStore | None = None
         self.routes: dict[bytes, Route | None] = {}
         self._route_tries: dict[bytes, float] = {}
+        self._route_lock = threading.Lock()  # routes and the "route" messages that announce them, in one order
         self.resolve_q: queue.Queue = queue.Queue(maxsize=RESOLVE_QUEUE)
         self.futures: dict[int, Future] = {}
         self._req = itertools.count(1)
@@ -472,10 +485,11 @@ class Gateway:
     # --- the data-plane seam: what manual keying and IKE both use ------------------------------------------
     def install_child(self, child: str, out_p: SAParams, in_p: SAParams, *, wait: bool = True,
                       activate_out: bool = True) -> None:
-        """Install an SA pair of a child so that no packet is sent in clear or dropped for want of an SA: the
-        inbound SA first (the peer may use it as soon as it has its own), then the outbound one in its worker,
-        and only once the worker has confirmed it, with `activate_out`, the classifier's child entry that makes
-        XDP steer the child's traffic to it.
+        """Install an SA pair of a child so that no packet is sent in clear or dropped for want of an SA: both
+        SAs go to their workers; once the inbound one's worker has confirmed it, the classifier's entry for its
+        SPI (the peer may use it as soon as it has its own); once the outbound one's has, with `activate_out`,
+        the classifier's child entry that makes XDP steer the child's traffic to it. With `wait` both are in
+        their workers when this returns.
 
         The pairs it replaces stay installed, their inbound SAs decrypting, until `remove_child` names them
         (RFC 7296 §2.8: the old SA is deleted after the new one is up, and the peer sends on it until it has
@@ -489,16 +503,20 @@ class Gateway:
         with self._sa_lock:
             n = self._child_id(child) - 1
             try:
-                self._check_room(n % self.nworkers, (n + 1) % self.nworkers)
+                if len(self.pairs.of(child)) != 1:  # a rekey of a child with one pair has room (REKEY_ROOM)
+                    self._check_room(n % self.nworkers, (n + 1) % self.nworkers)
             except LimitReached:
                 if not self.pairs.of(child):  # refused before anything was installed: the slot is free again
                     self._drop_instance(child)
                 raise
             out_sa = self._new_sa(child, out_p, owner=n % self.nworkers)
             in_sa = self._new_sa(child, in_p, owner=(n + 1) % self.nworkers)  # two directions, two cores
-        self._send_sa(in_sa, wait)
+        # Both SAs go to their workers at once (two workers: one round trip of waiting, not two); nothing
+        # reaches either before the classifier entry that names it, written only once it is confirmed.
+        in_fut, out_fut = self._send_sa(in_sa, wait), self._send_sa(out_sa, wait)
+        self._confirmed(in_sa, in_fut)
         self.classifier.set_sa_in(in_p.spi, int(in_p.protocol), in_sa.index, in_sa.owner, in_p.encap is not None)
-        self._send_sa(out_sa, wait)
+        self._confirmed(out_sa, out_fut)
         pair = ChildPair(out_sa.index, in_sa.index, out_p.spi, in_p.spi)
         with self._sa_lock:
             self.pairs.add(child, pair, activate=activate_out)
@@ -511,7 +529,7 @@ class Gateway:
             self._set_instance_policies(child, out_p)
         for old in replaced:
             self._delete_pair(old)
-        self._want_route(out_p.remote.packed)
+        self._prime_next_hops(out_p)
         log.info("%s: SAs installed: out 0x%08x (#%d, worker %d%s), in 0x%08x (#%d, worker %d)", child, out_p.spi,
                  out_sa.index, out_sa.owner, "" if activate_out else ", used once the pair it replaces is deleted",
                  in_p.spi, in_sa.index, in_sa.owner)
@@ -523,13 +541,22 @@ class Gateway:
         with self._sa_lock:
             if child in self.child_ids:
                 return self.child_ids[child]
-            taken = set(self.child_ids.values())
-            free = next((i for i in range(1, XS_MAX_CHILDREN) if i not in taken), None)
-            if free is None:
+            if self._free_child_ids:
+                free = heapq.heappop(self._free_child_ids)
+            elif self._next_child_id < XS_MAX_CHILDREN:
+                free, self._next_child_id = self._next_child_id, self._next_child_id + 1
+            else:
                 self.limit_hits["children"] += 1
                 raise LimitReached(f"all {XS_MAX_CHILDREN - 1} child entries of the classifier are in use")
             self.child_ids[child] = free
             return free
+
+    def _free_child_id(self, child: str) -> None:
+        """Give a child's classifier slot back, its entry cleared, for `_child_id` to hand out again."""
+        with self._sa_lock:
+            child_id = self.child_ids.pop(child)
+            self.classifier.clear_child_sa(child_id)
+            heapq.heappush(self._free_child_ids, child_id)
 
     def _set_instance_policies(self, instance: str, out_p: SAParams) -> None:
         """Give an IKE child instance the SPD entries its negotiated selectors need (see the module docstring),
@@ -563,7 +590,7 @@ class Gateway:
                 self._flip_spd()
                 log.info("%s: its own policies removed", instance)
             if instance in self.child_ids and not any(p.child == instance for p in self.policies):
-                self.classifier.clear_child_sa(self.child_ids.pop(instance))
+                self._free_child_id(instance)
 
     def _flip_spd(self) -> None:
         """Write the whole SPD (configured and per-instance policies) into the classifier: one atomic bank flip."""
@@ -673,25 +700,41 @@ class Gateway:
             self._delete_sa(index)
 
     def _check_room(self, *owners: int) -> None:
-        """[limits] sas_per_worker: a worker's SAD shard is bounded; a full one refuses the pair, counted."""
+        """[limits] sas_per_worker: a worker's SAD shard is bounded; a full one refuses the pair, counted.
+
+        REKEY_ROOM: the second pair of a child (its rekey: make-before-break, RFC 7296 §2.8) is not checked, so
+        a full worker can still rekey the children it has instead of losing them (the old pair goes with its
+        Delete). Bounded all the same: a third pair of a child is checked like a first."""
         limit = self.cfg.limits.sas_per_worker
-        held = collections.Counter(sa.owner for sa in self.sas.values())
         for owner in owners:
-            if held[owner] >= limit:
+            if self._held[owner] >= limit:
                 self.limit_hits["sas_per_worker"] += 1
-                raise LimitReached(f"worker {owner} holds {held[owner]} SAs, the most [limits] sas_per_worker "
+                raise LimitReached(f"worker {owner} holds {self._held[owner]} SAs, the most [limits] sas_per_worker "
                                    f"allows ({limit})")
 
     def _new_sa(self, child: str, params: SAParams, owner: int) -> InstalledSA:
         sa = InstalledSA(next(self._sa_index), child, params, owner, self.seqstore.slot_for(params))
-        self.sas[sa.index] = sa
+        with self._sa_lock:
+            self.sas[sa.index] = sa
+            self._count_sa(sa, 1)
         return sa
+
+    def _count_sa(self, sa: InstalledSA, delta: int) -> None:
+        """Keep the SPI and per-worker indexes exact as `sa` comes (+1) or goes (-1); under _sa_lock."""
+        keys: list[tuple[collections.Counter, object]] = [(self._spis, sa.params.spi), (self._held, sa.owner)]
+        if sa.params.direction == Direction.IN:
+            keys.append((self._in_spis, (sa.params.spi, int(sa.params.protocol))))
+        for counter, key in keys:
+            counter[key] += delta
+            if not counter[key]:
+                del counter[key]
 
     def _delete_sa(self, index: int) -> None:
         with self._sa_lock:
             sa = self.sas.pop(index, None)
-        if sa is None:
-            return
+            if sa is None:
+                return
+            self._count_sa(sa, -1)
         if sa.params.direction == Direction.IN and not self._in_spi_taken(sa.params):
             self.classifier.del_sa_in(sa.params.spi, int(sa.params.protocol))
         self._send(sa.owner, ("del", index, 0))
@@ -702,23 +745,30 @@ class Gateway:
         """Whether another installed inbound SA has this SPI: a manual child re-keyed on reload under the same
         SPI. Its classifier entry already points at the successor and must stay."""
         with self._sa_lock:
-            return any(sa.params.direction == Direction.IN and sa.params.spi == params.spi
-                       and sa.params.protocol == params.protocol for sa in self.sas.values())
+            return (params.spi, int(params.protocol)) in self._in_spis
 
     def cfg_is_manual(self, child: str) -> bool:
         return child in self._manual_children
 
     def spi_in_use(self, spi: int) -> bool:
+        """Whether an installed SA, of either direction, has this SPI: IKE asks for each inbound SPI it picks."""
         with self._sa_lock:
-            return any(sa.params.spi == spi for sa in self.sas.values())
+            return spi in self._spis
 
-    def _send_sa(self, sa: InstalledSA, wait: bool) -> None:
+    def _send_sa(self, sa: InstalledSA, wait: bool) -> Future | None:
+        """Hand an SA to its worker; with `wait`, the Future its confirmation completes (see `_confirmed`)."""
         op = "add_out" if sa.params.direction == Direction.OUT else "add_in"
         if not wait:
             self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot, 0))
-            return
+            return None
         req, fut = self._future()
         self._send(sa.owner, (op, sa.index, sa.params, sa.seq_slot, req))
+        return fut
+
+    def _confirmed(self, sa: InstalledSA, fut: Future | None) -> None:
+        """Wait until the worker has `sa` (nothing to wait for without a Future)."""
+        if fut is None:
+            return
         try:
             fut.result(timeout=QUERY_TIMEOUT)
         except FutureTimeout:
@@ -790,7 +840,28 @@ class Gateway:
         except queue.Full:
             log.warning("next-hop resolution queue full; dropping a request")
 
+    def _prime_next_hops(self, out_p: SAParams) -> None:
+        """Resolve a new child's next hops now rather than when its first packet needs them: a worker holds only
+        HOLD_PER_DST packets per unresolved next hop, so a burst (or the first tenth of a second of a stream)
+        right after the SA comes up would be dropped as no_neighbor.
+
+        Outbound, the outer destination: the peer (tunnel endpoint, or the host itself in transport mode).
+        Inbound, the decrypted packets' destinations, which lie in the child's local selectors: those naming a
+        single host (a host-to-host child, transport mode's own address) can be resolved ahead; of a subnet
+        nobody knows which host comes first, so its packets wait in the hold queue for their resolution."""
+        self._want_route(out_p.remote.packed)
+        for ts in out_p.local_ts:
+            if ts.net.num_addresses == 1:
+                self._want_route(ts.net.network_address.packed)
+
     def _resolver(self) -> None:
+        """RESOLVERS threads take next-hop requests (this one and RESOLVERS - 1 it starts); this one also
+        re-resolves the known next hops every ROUTE_REFRESH."""
+        for n in range(1, RESOLVERS):
+            threading.Thread(target=self._resolve_requests, name=f"resolver-{n}", daemon=True).start()
+        self._resolve_requests(refresh=True)
+
+    def _resolve_requests(self, refresh: bool = False) -> None:
         nl = Netlink()  # its own netlink socket: pyroute2 sockets are not shared across threads
         last_refresh = time.monotonic()
         while not self.stopping.is_set():
@@ -799,17 +870,20 @@ class Gateway:
             except queue.Empty:
                 dst = None
             if dst is not None:
-                self._resolve(nl, dst)
-            if time.monotonic() - last_refresh > ROUTE_REFRESH:
+                self._resolve(nl, dst, requested=True)
+            if refresh and time.monotonic() - last_refresh > ROUTE_REFRESH:
                 last_refresh = time.monotonic()
                 for known in list(self.routes):
-                    self._resolve(nl, known)
+                    self._resolve(nl, known, requested=False)
         nl.close()
 
-    def _resolve(self, nl: Netlink, dst: bytes) -> None:
+    def _resolve(self, nl: Netlink, dst: bytes, *, requested: bool) -> None:
+        """Resolve `dst` and tell the workers. A request is always answered, even with a route they were sent
+        before: the asking worker holds packets for it (it may have lost the route from its bounded cache)
+        and only an answer releases them. A refresh tells them only what changed."""
         addr = ipaddress.ip_address(dst)
         try:
-            nh = nl.resolve(addr, timeout=1.0, mark=BYPASS_MARK if self.localpath else None)
+            nh = nl.resolve(addr, timeout=RESOLVE_TIMEOUT, mark=BYPASS_MARK if self.localpath else None)
         except Exception as exc:  # netlink trouble must not kill the resolver
             log.warning("resolving %s failed: %s", addr, exc)
             nh = None
@@ -827,10 +901,12 @@ class Gateway:
         if route is None:
             log.warning("%s is reached through %s, which xdpsec does not drive: dropping as no_route",
                         addr, nh.ifname)
-        if self.routes.get(dst, ...) != route:
+        with self._route_lock:  # resolvers answer in the order they store: a worker ends with the latest route
+            changed = self.routes.get(dst, ...) != route
             self.routes[dst] = route
-            for h in self.workers:
-                self._send(h.wid, ("route", dst, route))
+            if changed or requested:
+                for h in self.workers:
+                    self._send(h.wid, ("route", dst, route))
 
     # --- start_action = trap: XDP asks, IKE negotiates ----------------------------------------------------------
     def _acquires(self) -> None:

@@ -277,10 +277,7 @@ class IkeService:
                 self._instances[ev.inb.spi] = instance
                 self._peers[instance] = instance_name(self.conns.get(ev.conn), ev.conn, ev.child, ev.out)
             except LimitReached as exc:  # the data path is full: the IKE side must not believe the child is up
-                self.manager.stats["sa_limit"] += 1
-                log.warning("%s/%s: child SA not installed: %s; deleting it", ev.conn, ev.child, exc)
-                with self.lock:
-                    self.manager.terminate_child(ev.conn, ev.child, time.time())
+                self._refuse(ev, instance, exc)
         elif isinstance(ev, ChildDown):
             log.info("%s/%s: child SA down: in %#010x out %#010x", ev.conn, ev.child, ev.in_spi, ev.out_spi)
             instance = self._instances.pop(ev.in_spi, f"{ev.conn}/{ev.child}")
@@ -295,6 +292,18 @@ class IkeService:
             log.info("%s: IKE SA down: %s", ev.conn, ev.reason)
         elif isinstance(ev, Failure):
             log.warning("%s: %s", ev.conn, ev.reason)
+
+    def _refuse(self, ev: ChildUp, instance: str, exc: LimitReached) -> None:
+        """The data path refused a negotiated pair: delete exactly that pair towards its peer (RFC 7296 §1.4.1)."""
+        self.manager.stats["sa_limit"] += 1
+        log.warning("%s: child SA not installed (in %#010x, out %#010x): %s; deleting it", instance, ev.inb.spi,
+                    ev.out.spi, exc)
+        with self.lock:
+            queued = self.manager.terminate_child_spi(ev.inb.spi, time.time())
+        if not queued:
+            log.warning("%s: no established IKE SA holds child SA %#010x any more; nothing to delete", instance,
+                        ev.inb.spi)
+        self._wake()  # the Delete goes out on this turn, not at the next timer
 
     def _instance(self, ev: ChildUp) -> str:
         """The instance a reported pair belongs to: the one it was installed under (the same SPIs again: the

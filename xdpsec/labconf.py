@@ -182,7 +182,9 @@ def write_pair(directory: Path, a: Side, b: Side, spec: PairSpec) -> tuple[Path,
     """Write matching configurations for gateways `a` and `b`; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     spi_ab, spi_ba = 0x1000 + secrets.randbelow(0xFFFF), 0x20000 + secrets.randbelow(0xFFFF)
-    keys_ab, keys_ba = _keys(spec.proposal, spec.protocol), _keys(spec.proposal, spec.protocol)
+    manual = spec.keying != "ike"  # IKE negotiates keys (and the proposal may ask for PFS, which manual cannot)
+    keys_ab = _keys(spec.proposal, spec.protocol) if manual else ("", "")
+    keys_ba = _keys(spec.proposal, spec.protocol) if manual else ("", "")
     paths = []
     psk = secrets.token_urlsafe(24)
     for side, out_spi, in_spi, out_k, in_k in ((a, spi_ab, spi_ba, keys_ab, keys_ba),

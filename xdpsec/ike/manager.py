@@ -147,6 +147,19 @@ class IkeManager:
                 ike.queue([DeleteChild(ike, initiator=True, in_spi=c.inb.spi, protocol=c.inb.protocol)], now)
         self._sweep()
 
+    def terminate_child_spi(self, in_spi: int, now: float) -> bool:
+        """Delete the one child pair whose inbound SPI is `in_spi` (§1.4.1); False if no established IKE SA
+        holds it. By SPI, not name: every peer of a `%any` responder has a child of that name."""
+        self._now = now
+        for ike in self._sas.values():
+            pair = next((c for c in ike.children if c.inb.spi == in_spi), None)
+            if pair is None or ike.state != State.ESTABLISHED:
+                continue
+            pair.state = ChildState.DELETING  # neither rekeyed nor expired while its Delete is on the way
+            ike.queue([DeleteChild(ike, initiator=True, in_spi=in_spi, protocol=pair.inb.protocol)], now)
+            return True
+        return False
+
     def rekey_child(self, conn: str, child: str | None, now: float) -> int:
         """Rekey the child SAs named `child` of `conn` (all of them if None) now (§2.8); how many were queued."""
         self._now = now
