@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import importlib.util
 import ipaddress
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.netns.test_scale import _scale  # scripts/scale.py renders the configuration
 from xdpsec import config as configmod
 from xdpsec import coordinator
 from xdpsec.abi import XS_MAX_CHILDREN
@@ -30,14 +30,6 @@ from xdpsec.io.seqstore import SeqStore
 from xdpsec.sa import Direction, Encr, Mode, Protocol, SAParams, Transform
 
 CONNS = 4
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scale.py"
-
-
-def _scale():
-    spec = importlib.util.spec_from_file_location("scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeClassifier:
