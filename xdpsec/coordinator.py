@@ -69,6 +69,7 @@ from xdpsec import reload as reloadmod
 from xdpsec.abi import XS_MAX_CHILDREN, Action, PolicyDir
 from xdpsec.control import ControlError, ControlServer, socket_path
 from xdpsec.dataplane.core import Port, Route
+from xdpsec.ike import ts as ike_ts
 from xdpsec.ike.conf import StartAction
 from xdpsec.io import adopt, caps
 from xdpsec.io.bpf import Classifier
@@ -407,7 +408,8 @@ class Gateway:
         from xdpsec.ikeservice import IkeService  # the IKE core is only loaded where IKE is configured
         self.ike = IkeService(conns, install=self.install_child, remove=self.remove_child,
                               spi_in_use=self.spi_in_use, usage=self.usage, limits=self.cfg.limits,
-                              on_ike_up=self.keyexport.ike if self.keyexport is not None else None)
+                              on_ike_up=self.keyexport.ike if self.keyexport is not None else None,
+                              ts_holders=self.ts_holders)
         self.ike.start()
         self._set_traps(conns)
 
@@ -754,6 +756,15 @@ class Gateway:
         """Whether an installed SA, of either direction, has this SPI: IKE asks for each inbound SPI it picks."""
         with self._sa_lock:
             return spi in self._spis
+
+    def ts_holders(self, local_ts: tuple, remote_ts: tuple) -> list[str]:
+        """The children (instances) with an installed pair whose selectors overlap these: IKE refuses a `%any`
+        peer traffic another peer's instance holds (RFC 7296 §2.9, xdpsec/ikeservice.py). One pass over the
+        installed pairs' outbound selectors, the negotiated ones the SPD entries come from."""
+        with self._sa_lock:
+            return [child for child in self.child_ids
+                    if any(ike_ts.overlaps(p.local_ts, p.remote_ts, local_ts, remote_ts)
+                           for p in (self.sas[pair.out].params for pair in self.pairs.of(child)))]
 
     def _send_sa(self, sa: InstalledSA, wait: bool) -> Future | None:
         """Hand an SA to its worker; with `wait`, the Future its confirmation completes (see `_confirmed`)."""

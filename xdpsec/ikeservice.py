@@ -14,6 +14,9 @@ The data path keys a child by its *instance* (`instance_name`): `conn/child` whe
 when it accepts any peer, so each peer of a `%any` responder has its own SA pairs and policies. A pair keeps the
 instance it was installed under (a NAT update reports the same SPIs from a new address); a new pair of a peer
 that already has one (a rekey, a re-authentication) joins that instance, so the rekey rules below hold per peer.
+Two peers must not hold the same traffic (the first instance's policies would take the second's packets): the
+core asks `_ts_in_use` before a new child of a `%any` connection, and refuses it with TS_UNACCEPTABLE (RFC
+7296 §2.9) when another peer's instance, installed (Gateway.ts_holders) or agreed on this turn, overlaps it.
 
 A child rekey (RFC 7296 §2.8) is make-before-break through these two calls alone: the pair it replaces stays
 installed, its inbound SA decrypting, until its ChildDown; a rekey responder's ChildUp(activate_out=False)
@@ -41,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from xdpsec.ike import ts
 from xdpsec.ike.conf import IkeConnConfig, StartAction
 from xdpsec.ike.events import ChildDown, ChildUp, Failure, IkeDown, IkeUp
 from xdpsec.ike.manager import COOKIE_THRESHOLD, IkeManager
@@ -67,30 +71,41 @@ SEND_FAIL_LOG_INTERVAL = 10.0
 
 def instance_name(conn: IkeConnConfig | None, conn_name: str, child: str, out: SAParams) -> str:
     """The data path's name of one child of one peer (see the module docstring)."""
+    return peer_instance(conn, conn_name, child, out.remote, out.encap.dport if out.encap is not None else None)
+
+
+def peer_instance(conn: IkeConnConfig | None, conn_name: str, child: str, remote: IPAddress,
+                  encap_port: int | None) -> str:
+    """`instance_name` from the peer's address and the port its ESP-in-UDP comes from (None: plain ESP)."""
     base = f"{conn_name}/{child}"
     if conn is not None and conn.remote_addrs:
         return base
-    port = f":{out.encap.dport}" if out.encap is not None and out.encap.dport != NATT_PORT else ""
-    return f"{base}[{out.remote}]{port}"
+    port = f":{encap_port}" if encap_port is not None and encap_port != NATT_PORT else ""
+    return f"{base}[{remote}]{port}"
 
 
 class IkeService:
     def __init__(self, conns: list[IkeConnConfig], *, install: Callable, remove: Callable,
                  spi_in_use: Callable[[int], bool], on_ike_up: Callable[[IkeUp], None] | None = None,
-                 usage: Callable[[int], tuple[int, int]] | None = None, limits=None) -> None:
-        """`limits` is the configuration's [limits] (xdpsec.config.Limits); None keeps the core's defaults."""
+                 usage: Callable[[int], tuple[int, int]] | None = None, limits=None,
+                 ts_holders: Callable[[tuple, tuple], list[str]] | None = None) -> None:
+        """`limits` is the configuration's [limits] (xdpsec.config.Limits); None keeps the core's defaults.
+        `ts_holders(local_ts, remote_ts)` names the data path's instances holding traffic these selectors
+        overlap (Gateway.ts_holders); with it a `%any` responder refuses a peer another peer's selectors."""
         self.conns = {c.name: c for c in conns}
         self.install = install
         self.remove = remove
         self.on_ike_up = on_ike_up
         self.usage = usage
+        self.ts_holders = ts_holders
         bounds = {}
         if limits is not None:
             half_open = limits.half_open_ike_sas
             bounds = {"max_half_open": half_open, "max_per_peer": limits.ike_sas_per_peer,
                       # cookies start well before the table is full: a flood then costs no state (§2.6)
                       "cookie_threshold": min(COOKIE_THRESHOLD, max(1, half_open // 2))}
-        self.manager = IkeManager(conns, spi_in_use=spi_in_use, usage=self._usage, **bounds)
+        self.manager = IkeManager(conns, spi_in_use=spi_in_use, usage=self._usage,
+                                  ts_in_use=self._ts_in_use if ts_holders is not None else None, **bounds)
         self._send_fail_logged = float("-inf")
         self.sel = selectors.DefaultSelector()
         self.socks: dict[tuple[IPAddress, int], socket.socket] = {}
@@ -103,6 +118,9 @@ class IkeService:
         self.errors = 0
         self._instances: dict[int, str] = {}  # inbound SPI of each installed pair -> its instance (IKE thread only)
         self._peers: dict[str, str] = {}  # instance -> the name its peer's current address would give
+        #: Children the core agreed to on this turn, not in the data path until its events are applied:
+        #: (instance, local_ts, remote_ts) (IKE thread only).
+        self._agreed: list[tuple[str, tuple, tuple]] = []
 
     # --- sockets ---------------------------------------------------------------------------------------------
     def open_sockets(self) -> None:
@@ -207,8 +225,7 @@ class IkeService:
                     events = []
                     while (ev := self.manager.next_event()) is not None:
                         events.append(ev)
-                for ev in events:  # data-path changes outside the lock: they wait for workers
-                    self._event(ev)
+                self._apply(events)  # data-path changes outside the lock: they wait for workers
                 self._flush(out)  # only now: the SAs these messages announce are installed
             except Exception:  # a bug in the core must not take IKE down for every other peer
                 self.errors += 1
@@ -267,6 +284,12 @@ class IkeService:
             elif op == "rekey":
                 self.manager.rekey(*args, now)
 
+    def _apply(self, events: list) -> None:
+        """Act on one turn's events: afterwards the data path holds every child the core agreed to."""
+        for ev in events:
+            self._event(ev)
+        self._agreed.clear()
+
     def _event(self, ev) -> None:
         if isinstance(ev, ChildUp):
             log.info("%s/%s: child SA up: in %#010x out %#010x, %s", ev.conn, ev.child, ev.inb.spi, ev.out.spi,
@@ -310,8 +333,37 @@ class IkeService:
         peer moved, RFC 7296 §2.23), else the instance its peer already has (a rekey), else a new one."""
         if (known := self._instances.get(ev.inb.spi)) is not None:
             return known
-        name = instance_name(self.conns.get(ev.conn), ev.conn, ev.child, ev.out)
+        return self._peer_now(instance_name(self.conns.get(ev.conn), ev.conn, ev.child, ev.out))
+
+    def _peer_now(self, name: str) -> str:
+        """The instance of the peer whose current address gives `name`: one it has already, else `name`."""
         return next((inst for inst, now in self._peers.items() if now == name), name)
+
+    def _ts_in_use(self, conn: str, child: str, peer: tuple, local_ts: tuple, remote_ts: tuple) -> bool:
+        """The core's hook (IkeManager ts_in_use, under the lock): does another peer's instance of a `%any`
+        connection's child hold traffic these selectors overlap? Asked of the data path (`ts_holders`) and of
+        the children agreed on this turn but not installed yet; an instance whose pairs the core has all
+        reported down (an INITIAL_CONTACT replaced them, say) is on its way out and holds nothing."""
+        cfg = self.conns.get(conn)
+        if cfg is None or cfg.remote_addrs:
+            return False  # one configured peer: every child of it is one instance
+        mine = self._peer_now(peer_instance(cfg, conn, child, *peer))
+        holder = next((inst for inst, lts, rts in self._agreed
+                       if inst != mine and ts.overlaps(lts, rts, local_ts, remote_ts)), None)
+        if holder is None:
+            holder = next((inst for inst in self.ts_holders(local_ts, remote_ts)
+                           if inst != mine and self._live(inst)), None)
+        if holder is None:
+            self._agreed.append((mine, local_ts, remote_ts))
+            return False
+        log.warning("%s: refused (TS_UNACCEPTABLE): its selectors %s -> %s overlap those %s holds (counted as "
+                    "ts_in_use)", mine, ", ".join(map(str, local_ts)), ", ".join(map(str, remote_ts)), holder)
+        return True
+
+    def _live(self, instance: str) -> bool:
+        """Whether the core still holds a pair of this installed instance (one it did not install: yes)."""
+        spis = [spi for spi, inst in self._instances.items() if inst == instance]
+        return not spis or any(self.manager.holds_child(spi) for spi in spis)
 
     def ike_sas(self) -> list[dict]:
         with self.lock:

@@ -354,3 +354,39 @@ def test_data_path_across_an_ike_rekey_then_a_rekey_crossing_a_delete():
         p.follow()
     assert paths["a"].sending is paths["b"].sending is None
     assert not paths["a"].pairs.of("net") and not paths["b"].pairs.of("net")
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (3, 4), (5, 6), (7, 8)])
+def test_ike_rekey_collision_whose_answer_to_the_loser_is_lost(seeds):
+    """§2.8.2 with one datagram lost: the answer to the exchange that makes the redundant IKE SA. That SA exists
+    at the winner only (it answered); the loser must still learn of it and close it, well before REKEYED_GRACE,
+    and the winner must not pull the old SA from under the loser's unanswered request meanwhile."""
+    link = link_of(seeds=seeds)
+    up(link)
+    child_a = only_child(link, "a")
+    link.a.rekey_ike("a-to-b", link.now)
+    link.b.rekey_ike("b-from-a", link.now)
+    ta, tb = ike_sa(link, "a").outstanding_tasks()[0], ike_sa(link, "b").outstanding_tasks()[0]
+    # Both CREATE_CHILD_SA {SA(IKE), Ni, KEi} cross and are processed: each side has answered the other.
+    link.deliver(link.flight())
+    a_lost = lowest_nonce_is_ours((ta.nonce, tb.collision.nonce), (tb.nonce, ta.collision.nonce))
+    winner, loser = ("b", "a") if a_lost else ("a", "b")
+    # The winner's answer to the loser's request {SA(IKE), Nr, KEr} is lost; the loser's answer arrives.
+    responses = link.flight()
+    assert sorted(d.sender for d in responses) == ["a", "b"]
+    link.deliver([d for d in responses if d.sender == loser])
+    run(link, 20)  # the loser's retransmission is answered from the winner's cache (§2.1)
+    survivor = (tb if a_lost else ta).new
+    for s in "ab":
+        sas = link.side(s).ike_sas()
+        assert len(sas) == 1, (s, sas)
+        assert (sas[0]["ispi"], sas[0]["rspi"]) == (f"{survivor.ispi:016x}", f"{survivor.rspi:016x}")
+        assert not link.of(s, events.ChildDown) and not link.of(s, events.IkeDown)
+        assert not link.of(s, events.Failure), link.of(s, events.Failure)
+        assert link.side(s).stats["rekeyed_ike_expired"] == 0
+    assert link.side(loser).stats["rekey_collision_lost"] == 1
+    assert link.side(winner).stats["ike_rekey_collision"] == 1
+    assert only_child(link, "a") is child_a
+    link.a.rekey_child("a-to-b", "net", link.now)  # the survivor works
+    link.settle()
+    assert_pair(link)

@@ -19,6 +19,12 @@ Rekeying (tasks/child_rekey.py, tasks/ike_rekey.py) is driven by each SA's lifet
 rekey went unanswered are kept as orphans until their hard lifetime, then reported down. `stats` counts what
 happened (`retransmit`, `child_rekey`, `ike_rekey`, `rekey_failed`, `ike_established`, drops by reason) and
 `handshakes` keeps the last durations from the first IKE_SA_INIT to IKE_AUTH done.
+
+Many peers on one `%any` connection may ask for the same traffic; the data path gives each peer's child its
+own policies, and two for the same selectors would let the first silently take the second's traffic. So a
+responder's new child asks the shell's `ts_in_use` hook whether another peer's child holds traffic its
+narrowed selectors overlap, and answers TS_UNACCEPTABLE if so (RFC 7296 §2.9; in IKE_AUTH the IKE SA still
+comes up without the child, §2.21.2). Rekeys are not asked: they keep their own child's selectors.
 """
 
 from __future__ import annotations
@@ -48,13 +54,16 @@ HANDSHAKES_KEPT = 1024
 COOKIE_THRESHOLD = 64
 
 Usage = Callable[[int], "tuple[int, int] | None"]
+#: (conn, child, peer, local_ts, remote_ts) -> whether another peer's child holds traffic these overlap. `peer`
+#: is the new child's peer as the data path tells peers apart: (address, ESP-in-UDP port behind a NAT or None).
+TsInUse = Callable[[str, str, "tuple[IPAddress, int | None]", tuple, tuple], bool]
 
 
 class IkeManager:
     def __init__(self, conns: Sequence[IkeConnConfig], *, rng: Callable[[int], bytes] = os.urandom,
                  spi_in_use: Callable[[int], bool] = lambda spi: False, max_half_open: int = 1024,
                  usage: Usage | None = None, cookie_threshold: int = COOKIE_THRESHOLD,
-                 max_per_peer: int = 0):
+                 max_per_peer: int = 0, ts_in_use: TsInUse | None = None):
         self.conns = {c.name: c for c in conns}
         self.stats: Counter[str] = Counter()
         #: Seconds from the first IKE_SA_INIT to IKE_AUTH done, the latest HANDSHAKES_KEPT of them.
@@ -66,6 +75,7 @@ class IkeManager:
         self._max_per_peer = max_per_peer  # IKE SAs a responder keeps for one peer address; 0 = no bound
         self._cookie_threshold = cookie_threshold  # at or above max_half_open: no cookies, the limit alone
         self._cookies = CookieJar(rng)
+        self._ts_hook = ts_in_use
         self._sas: dict[int, IkeSA] = {}                    # by our SPI
         self._half_open: dict[tuple[int, Addr], IkeSA] = {}  # responder: (peer's SPI, peer) -> SA
         self._child_spis: set[int] = set()
@@ -76,7 +86,7 @@ class IkeManager:
                                   count=self._count, reinitiate=self._reinitiate,
                                   initial_contact=self._initial_contact, new_ike_spi=self._new_ike_spi,
                                   adopt=self._adopt, orphan=self._orphan, usage=usage,
-                                  established=self._established)
+                                  established=self._established, ts_in_use=self._ts_in_use)
         self._now = 0.0
         #: Re-raise internal errors instead of counting them: for tests, which must see our bugs.
         self.strict = False
@@ -93,6 +103,17 @@ class IkeManager:
     def _established(self, ike: IkeSA) -> None:
         self._count("ike_established")
         self.handshakes.append(max(0.0, ike.now - ike.created))
+
+    def _ts_in_use(self, ike: IkeSA, child: str, local_ts: tuple, remote_ts: tuple) -> bool:
+        """A responder's new child (not a rekey) narrowed to these selectors: may it have them? The shell's hook
+        decides (it knows which peer's child holds what); without one, yes. Refusals count as `ts_in_use`."""
+        if self._ts_hook is None:
+            return False
+        peer = (ike.remote[0], ike.remote[1] if ike.nat else None)
+        if not self._ts_hook(ike.name, child, peer, local_ts, remote_ts):
+            return False
+        self._count("ts_in_use")
+        return True
 
     def _adopt(self, ike: IkeSA) -> None:
         self._sas[ike.my_spi] = ike
@@ -258,6 +279,11 @@ class IkeManager:
 
     def ike_sas(self) -> list[dict]:
         return [ike.info() for ike in self._sas.values() if ike.state != State.DEAD]
+
+    def holds_child(self, in_spi: int) -> bool:
+        """Whether the child pair with this inbound SPI is still ours: no ChildDown for it was emitted yet (an
+        orphan is still ours), even if the shell has not acted on the latest events."""
+        return in_spi in self._child_spis
 
     # --- routing ------------------------------------------------------------------------------------------
 

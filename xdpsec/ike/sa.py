@@ -92,6 +92,8 @@ class Services:
     orphan: Callable[[IkeSA, list[Child]], None] = lambda ike, children: None  # keep until their hard lifetime
     usage: Callable[[int], tuple[int, int] | None] = lambda spi: None          # (bytes, packets) by inbound SPI
     established: Callable[[IkeSA], None] = lambda ike: None       # IKE_AUTH done (statistics)
+    #: A new child's narrowed (local, remote) selectors overlap a child of another peer (manager.py says why).
+    ts_in_use: Callable[[IkeSA, str, tuple, tuple], bool] = lambda ike, child, local, remote: False
 
 
 class ChildState(enum.Enum):
@@ -195,6 +197,9 @@ class IkeSA:
         self.rekey_at: float | None = None
         self.expire_at: float | None = None
         self.rekeyed_at: float | None = None  # replaced by a new IKE SA at this time; only its Delete remains
+        #: The old SA of a rekey collision we won, whose Delete waits for this redundant SA to end (§2.8.2,
+        #: tasks/ike_rekey.py): set on the redundant SA, acted on in `die`.
+        self.releases: IkeSA | None = None
         self.usage_at: float | None = None    # next comparison of the children's byte/packet counts
         self._next_request_id = 0
         self._next_peer_id = 0
@@ -309,6 +314,9 @@ class IkeSA:
         self.state = State.DEAD
         self._outstanding = None
         self._queue.clear()
+        old, self.releases = self.releases, None
+        if old is not None:
+            old.delete("rekeyed", self.now)
 
     # --- sending ------------------------------------------------------------------------------------------
 

@@ -120,3 +120,15 @@ def covers(outer: Sequence[TsRange], inner: Sequence[TsRange]) -> bool:
     """Does every range of `inner` lie within one range of `outer`? An initiator checks with this that the
     responder only narrowed (§2.9: the responder's selectors MUST be a subset of the initiator's)."""
     return all(any(o.intersect(i) == i for o in outer) for i in inner)
+
+
+def overlaps(a_local: Iterable[TrafficSelector], a_remote: Iterable[TrafficSelector],
+             b_local: Iterable[TrafficSelector], b_remote: Iterable[TrafficSelector]) -> bool:
+    """Could one packet belong to both child SAs, (a_local <-> a_remote) and (b_local <-> b_remote)? Both
+    sides must meet. A %any responder refuses a second peer selectors another peer's child holds (§2.9)."""
+    return _meet(a_local, b_local) and _meet(a_remote, b_remote)
+
+
+def _meet(a: Iterable[TrafficSelector], b: Iterable[TrafficSelector]) -> bool:
+    bs = ranges(b)
+    return any(x.intersect(y) is not None for x in ranges(a) for y in bs)

@@ -7,7 +7,8 @@
 
 The responder picks the first of its child configurations whose selectors intersect the proposed ones
 (§2.9, see ts.py), then a proposal; failing either it answers TS_UNACCEPTABLE or NO_PROPOSAL_CHOSEN, which in
-IKE_AUTH leaves the IKE SA standing (§2.21.2). KEYMAT = prf+(SK_d, [g^ir |] Ni | Nr) (§2.17); the first keys
+IKE_AUTH leaves the IKE SA standing (§2.21.2). It also answers TS_UNACCEPTABLE when the shell says the
+narrowed selectors are in use by another peer's child (Services.ts_in_use; not asked for a rekey). KEYMAT = prf+(SK_d, [g^ir |] Ni | Nr) (§2.17); the first keys
 protect traffic from the exchange's initiator to its responder. Each side then holds an outbound SA keyed
 with the peer's SPI and an inbound SA with the SPI it chose, and reports both in one ChildUp.
 
@@ -167,6 +168,11 @@ class ChildCreate(Task):
         peer_spi = int.from_bytes(theirs.spi, "big")
         if peer_spi < _MIN_SPI:
             raise _Reject(NotifyType.INVALID_SYNTAX)
+        if not self.is_rekey and ike.services.ts_in_use(ike, config.name, ts.selectors(narrowed[1]),
+                                                        ts.selectors(narrowed[0])):
+            # §2.9: selectors our policy cannot give this peer (another one's child holds them; two children
+            # for the same traffic would leave the data path to pick one peer silently). A rekey keeps its own.
+            raise _Reject(NotifyType.TS_UNACCEPTABLE)
         peer_nonce, shared = self._peer_keying(inbound, mine)
         wants_transport = inbound.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         self.mode = Mode.TRANSPORT if wants_transport and config.mode == Mode.TRANSPORT else Mode.TUNNEL

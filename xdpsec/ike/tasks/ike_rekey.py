@@ -20,8 +20,10 @@ Collisions (§2.8.2, §2.25.2, after strongSwan's ike_rekey.c):
 
 * Both sides rekey at once: both answer, both new SAs come up; the one created by the exchange holding the
   lowest of the four nonces is redundant and deleted by the side that initiated that exchange; the other side
-  deletes the old SA. Until both exchanges are done the children stay on the old SA. If the old SA is deleted
-  by the peer first (it saw no collision), its rekey survives.
+  deletes the old SA once the redundant one is gone (`IkeSA.releases`), so that a lost answer to the
+  redundant exchange can still be fetched by retransmitting on the old SA. Until both exchanges are done the
+  children stay on the old SA. If the old SA is deleted by the peer first (it saw no collision), its rekey
+  survives.
 * The peer rekeys the IKE SA while we create, rekey or delete a child (or after we replaced it), or while
   any multi-KE sequence runs, or its rekey or ours has additional key exchanges: TEMPORARY_FAILURE.
   The peer deletes the IKE SA we are rekeying: we answer and forget our rekey.
@@ -170,6 +172,8 @@ class IkeRekey(Task):
         return Status.DONE
 
     def _resolve(self, new) -> None:
+        from xdpsec.ike.sa import State
+
         ike, other = self.ike, self.collision
         if other is not None and lowest_nonce_is_ours((self.nonce, self.peer_nonce), (other.peer_nonce, other.nonce)):
             # §2.8.2: ours is redundant; we close it, the peer deletes the old SA.
@@ -177,10 +181,16 @@ class IkeRekey(Task):
             new.rekeyed_at = ike.now
             new.delete("redundant IKE SA after a rekey collision", ike.now)
             return
-        if other is not None:
-            other.new.rekeyed_at = ike.now  # the peer's redundant SA: the peer deletes it
         self._take_over(new)
-        ike.delete("rekeyed", ike.now)
+        if other is None or other.new.state == State.DEAD:  # no collision, or the peer closed its SA already
+            ike.delete("rekeyed", ike.now)
+            return
+        # §2.8.2: the peer closes its redundant SA, then we delete the old one. Not before: our answer to the
+        # exchange that made it may have been lost, and the peer's retransmission of that request, on the old
+        # SA, must still find our cached answer. Deleted first, the old SA would take the peer's rekey with it
+        # and leave the redundant SA here alone until REKEYED_GRACE.
+        other.new.rekeyed_at = ike.now
+        other.new.releases = ike
 
     def _fail(self, reason: str) -> Status:
         ike = self.ike
