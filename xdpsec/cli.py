@@ -58,7 +58,7 @@ QUERIES = {
     "sas": "list installed SAs with their counters (like swanctl --list-sas)",
     "ike-sas": "list IKE SAs: peer, state, SPIs, algorithms, children",
     "policies": "list SPD policies in evaluation order with hit counts",
-    "stats": "per-worker and classifier counters, drops by reason",
+    "stats": "per-worker and classifier counters, worker loop batches, drops by reason",
 }
 #: Seconds a reload may take: every new SA waits for its worker's confirmation.
 RELOAD_TIMEOUT = 60.0

@@ -1095,7 +1095,8 @@ class Gateway:
             workers.append({"id": h.wid, "pid": h.proc.pid, "alive": h.proc.is_alive(), "restarts": h.restarts,
                             "rx": snap.get("rx", 0), "tx": snap.get("tx", 0),
                             "handoff_in": snap.get("handoff_in", 0), "handoff_out": snap.get("handoff_out", 0),
-                            "drops": snap.get("drops", {}), "sockets": snap.get("sockets", {})})
+                            "drops": snap.get("drops", {}), "sockets": snap.get("sockets", {}),
+                            "loop": snap.get("loop", {})})  # worker.LoopStats: rounds, batches, kicks, sleeps
         return {"workers": workers, "xdp": {"stats": self.classifier.stats(), "drops": self.classifier.drops()},
                 "ike": self.ike.counters() if self.ike is not None else {}, "limits": {**self.limit_hits,
                            "control_clients": self.control.refused if self.control is not None else 0}}

@@ -4,7 +4,8 @@ Meant to be read at 3 a.m.: SAs grouped by child like ``swanctl --list-sas`` (on
 both directions share, then one line per SA), every count with thousands separators, drop reasons by the
 names `xdpsec.abi.drop_name` gives them, zero counts left out. `status` fits one screen: what runs, each
 connection's children with their SPIs, the top drop reasons. `top` frames show rates with SI prefixes
-(``12.3 Mb/s``). Each renderer takes the result shape the coordinator returns (see xdpsec/coordinator.py,
+(``12.3 Mb/s``). `stats` also shows each worker's loop: rounds, the mean rx batch (frames per busy round),
+the mean tx batch (frames per kick) and its sleeps in poll(), means since the worker started. Each renderer takes the result shape the coordinator returns (see xdpsec/coordinator.py,
 `_cmd_*`) and returns text without a trailing newline; --json output bypasses this module entirely.
 """
 
@@ -145,6 +146,34 @@ def _workers_table(workers: Sequence[Mapping[str, Any]]) -> list[str]:
     return align(rows, right=(0, 1, 3, 4, 5, 6, 7, 8))
 
 
+def ratio(n: int, d: int) -> str:
+    """``12.5``: a mean to one decimal, ``-`` when there is nothing to divide by."""
+    return f"{n / d:.1f}" if d else NONE
+
+
+def _loop_table(workers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per worker: how its loop batches (xdpsec.worker.LoopStats). A worker without the counters (dead,
+    not answering) gets dashes."""
+    rows = [["WORKER", "ROUNDS", "BUSY", "FRAMES/BUSY", "KICKS", "FRAMES/KICK", "SLEEPS"]]
+    for w in sorted(workers, key=lambda w: w["id"]):
+        loop = w.get("loop") or {}
+        if not loop:
+            rows.append([str(w["id"])] + [NONE] * 6)
+            continue
+        rows.append(
+            [
+                str(w["id"]),
+                num(loop["rounds"]),
+                num(loop["busy_rounds"]),
+                ratio(loop["frames"], loop["busy_rounds"]),
+                num(loop["kicks"]),
+                ratio(loop["kick_frames"], loop["kicks"]),
+                num(loop["sleeps"]),
+            ]
+        )
+    return align(rows, right=range(7))
+
+
 def _drops_table(xdp_drops: Mapping[str, int], workers: Sequence[Mapping[str, Any]]) -> list[str]:
     """One row per reason that dropped anything: where it happened (classifier, each worker) and the total."""
     workers = sorted(workers, key=lambda w: w["id"])
@@ -166,8 +195,10 @@ def render_stats(stats: Mapping[str, Any]) -> str:
     workers = stats["workers"]
     xdp = stats["xdp"]
     counters = [["XDP CLASSIFIER", ""]] + [[name, num(n)] for name, n in xdp["stats"].items()]
-    parts = [
-        _workers_table(workers) if workers else ["no workers"],
+    parts = [_workers_table(workers) if workers else ["no workers"]]
+    if any(w.get("loop") for w in workers):  # a gateway older than the loop counters has none
+        parts.append(_loop_table(workers))
+    parts += [
         align(counters, right=(1,)),
         _drops_table(xdp["drops"], workers),
     ]

@@ -176,6 +176,18 @@ def worker_families(workers: Iterable[dict]) -> list[Metric]:
     up = GaugeMetricFamily("xdpsec_worker_up", "1 if the worker process is alive", labels=["worker"])
     xsk = CounterMetricFamily("xdpsec_xsk_events", "The kernel's XDP_STATISTICS of each AF_XDP socket "
                               "(rx_dropped, rx_ring_full, ...)", labels=["worker", "socket", "event"])
+    # The loop's batching (xdpsec.worker.LoopStats): rate(frames) / rate(rounds{kind="busy"}) is the mean rx
+    # batch, rate(kick_frames) / rate(kicks) the mean tx batch.
+    rounds = CounterMetricFamily("xdpsec_worker_rounds", "Passes of a worker's loop: busy ones took in frames, "
+                                 "idle ones found every ring empty", labels=["worker", "kind"])
+    frames = CounterMetricFamily("xdpsec_worker_round_frames", "Frames a worker's busy rounds took in (its "
+                                 "sockets and the handoff rings)", labels=["worker"])
+    kicks = CounterMetricFamily("xdpsec_worker_tx_kicks", "Transmit kicks (a sendto() per port with frames, "
+                                "per round)", labels=["worker"])
+    kick_frames = CounterMetricFamily("xdpsec_worker_tx_kick_frames", "Frames put on tx rings by those kicks",
+                                      labels=["worker"])
+    sleeps = CounterMetricFamily("xdpsec_worker_sleeps", "Times a worker went to sleep in poll() after finding "
+                                 "nothing to do", labels=["worker"])
     for w in workers:
         wid = str(w["id"])
         rx.add_metric([wid], _num(w.get("rx")))
@@ -189,7 +201,16 @@ def worker_families(workers: Iterable[dict]) -> list[Metric]:
         for sock, counters in sorted((w.get("sockets") or {}).items()):
             for event, n in sorted(counters.items()):
                 xsk.add_metric([wid, sock, event], _num(n))
-    return [rx, tx, handoff, drops, restarts, up, xsk]
+        loop = w.get("loop")
+        if loop:  # none from a worker that did not answer: no series rather than a counter that drops to 0
+            busy = _num(loop.get("busy_rounds"))
+            rounds.add_metric([wid, "busy"], busy)
+            rounds.add_metric([wid, "idle"], max(0.0, _num(loop.get("rounds")) - busy))
+            frames.add_metric([wid], _num(loop.get("frames")))
+            kicks.add_metric([wid], _num(loop.get("kicks")))
+            kick_frames.add_metric([wid], _num(loop.get("kick_frames")))
+            sleeps.add_metric([wid], _num(loop.get("sleeps")))
+    return [rx, tx, handoff, drops, restarts, up, xsk, rounds, frames, kicks, kick_frames, sleeps]
 
 
 def xdp_families(xdp: Mapping) -> list[Metric]:

@@ -11,6 +11,10 @@ q % N — plus the SAs the coordinator gave it. The loop is:
     every few rounds (or when idle): coordinator commands; next-hop requests up to the coordinator
     nothing for BUSY_POLL_NS since the last frame ─► sleep in poll() (sockets, command pipe, handoff eventfd)
 
+`LoopStats` counts what the loop itself does (rounds, frames per round, tx kicks, sleeps) with one add per
+round or kick, never per frame, so `xdpsec stats` shows batch sizes that once had to be derived from perf's
+syscall counts (docs/PERFORMANCE.md, "Batches").
+
 The worker runs with no capabilities (xdpsec.io.caps.WORKER): it drops them all before its loop starts.
 
 Nothing here raises on network input: the core turns bad packets into counted drops, and an unexpected
@@ -29,7 +33,7 @@ import select
 import signal
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from xdpsec.abi import XS_META_MAGIC, DropReason, drop_name
 from xdpsec.dataplane.core import PacketCore, Port
@@ -72,6 +76,21 @@ class WorkerSpec:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class LoopStats:
+    """The loop's own counters, reported as `loop` in the worker's snapshot (`xdpsec stats`).
+
+    Between two snapshots, frames / busy_rounds is the mean rx batch and kick_frames / kicks the mean tx
+    batch. A snapshot is taken between rounds, so every round is counted whole."""
+
+    rounds: int = 0  # every pass of the loop
+    busy_rounds: int = 0  # passes that took in at least one frame
+    frames: int = 0  # frames those passes took in: from our sockets plus from other workers' handoff rings
+    kicks: int = 0  # tx kicks: one send() per port with frames to send, a sendto() in copy mode
+    kick_frames: int = 0  # frames those kicks put on tx rings
+    sleeps: int = 0  # times the loop went to sleep in poll()
+
+
 class Worker:
     def __init__(self, spec: WorkerSpec, conn) -> None:
         self.spec = spec
@@ -86,6 +105,7 @@ class Worker:
         self.seq_slot: dict[int, int] = {}  # SA index -> sequence store record
         self.handoff_in_count = 0
         self.handoff_out_count = 0
+        self.loop = LoopStats()
         self.stop = False
         self._logged: set[str] = set()
         self._to_wake: set[int] = set()
@@ -168,7 +188,8 @@ class Worker:
         return {"id": self.spec.wid, "pid": os.getpid(), "rx": core.rx, "tx": core.tx,
                 "handoff_in": self.handoff_in_count, "handoff_out": self.handoff_out_count,
                 "icmp_sent": core.icmp_sent, "dummies": core.dummies,
-                "drops": {drop_name(r): n for r, n in core.drops.items()}, "sas": sas, "sockets": socks}
+                "drops": {drop_name(r): n for r, n in core.drops.items()}, "sas": sas, "sockets": socks,
+                "loop": asdict(self.loop)}
 
     def _commands(self) -> int:
         """Handle the coordinator's commands; returns how many frames they released for sending (packets that
@@ -298,11 +319,14 @@ class Worker:
                 except BlockingIOError:  # counter saturated: the owner has plenty of wake-ups pending
                     pass
         self._to_wake.clear()
+        loop = self.loop
         for slot, descs in self._pending.items():
             if not descs:
                 continue
             sock = self.tx_sock[slot]
             sent = sock.send(descs)
+            loop.kicks += 1
+            loop.kick_frames += sent
             for addr, _ in descs[sent:]:
                 self.umem.free(addr)
                 self.core.count_drop(DropReason.TX_FULL)
@@ -324,7 +348,7 @@ class Worker:
         poller.register(self.conn.fileno(), select.POLLIN)
         if self.spec.wake_fd >= 0:
             poller.register(self.spec.wake_fd, select.POLLIN)
-        rounds = 0
+        loop = self.loop
         last_busy = 0
         clock = time.monotonic_ns
         while not self.stop:
@@ -337,10 +361,12 @@ class Worker:
                     self._rx(slot, descs)
             n += self._drain_handoff()
             self._flush()  # every round: a frame is never held back for the next batch
-            rounds += 1
+            loop.rounds += 1
             if n:
+                loop.busy_rounds += 1
+                loop.frames += n
                 last_busy = clock()
-                if rounds % COMMAND_EVERY == 0:
+                if loop.rounds % COMMAND_EVERY == 0:
                     self._commands()
                 continue
             if clock() - last_busy < BUSY_POLL_NS:
@@ -352,6 +378,7 @@ class Worker:
 
     def _sleep(self, poller: select.poll) -> None:
         """Block until a socket has frames, the coordinator writes, or another worker hands us frames."""
+        self.loop.sleeps += 1
         for fd, _ev in poller.poll(IDLE_WAIT_MS):
             if fd == self.spec.wake_fd:
                 try:

@@ -44,9 +44,11 @@ POLICIES = [
 STATS = {
     "workers": [
         {"id": 1, "pid": 4250, "alive": False, "restarts": 2, "rx": 10, "tx": 9, "handoff_in": 617,
-         "handoff_out": 0, "drops": {"replay": 3, "tx_full": 1, "auth_failed": 0}},
+         "handoff_out": 0, "drops": {"replay": 3, "tx_full": 1, "auth_failed": 0}, "loop": {}},
         {"id": 0, "pid": 4242, "alive": True, "restarts": 0, "rx": 1234567, "tx": 1234560, "handoff_in": 0,
-         "handoff_out": 617, "drops": {"tx_full": 7}},
+         "handoff_out": 617, "drops": {"tx_full": 7},
+         "loop": {"rounds": 912345, "busy_rounds": 40000, "frames": 1235184, "kicks": 39000,
+                  "kick_frames": 1234553, "sleeps": 5123}},
     ],
     "xdp": {"stats": {"rx": 2469134, "pass": 12, "ike": 4, "protect": 1234567, "drop": 20},
             "drops": {"policy_discard": 20, "replay": 0}},
@@ -150,11 +152,18 @@ def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
     path, _ = gateway
     code, out, err = run(capsys, "stats", "-s", str(path))
     assert (code, err) == (0, "")
-    workers, counters, drops, ike, limits = out.rstrip("\n").split("\n\n")
+    workers, loop, counters, drops, ike, limits = out.rstrip("\n").split("\n\n")
     assert workers.splitlines() == [
         "WORKER   PID  STATE  RESTARTS         RX         TX  HANDOFF IN  HANDOFF OUT  DROPS",
         "     0  4242  up            0  1,234,567  1,234,560           0          617      7",
         "     1  4250  DEAD          2         10          9         617            0      4",
+    ]
+    # Mean rx batch 1,235,184 / 40,000 = 30.88 frames per busy round, tx batch 1,234,553 / 39,000 = 31.66 per
+    # kick; the dead worker answered nothing.
+    assert loop.splitlines() == [
+        "WORKER   ROUNDS    BUSY  FRAMES/BUSY   KICKS  FRAMES/KICK  SLEEPS",
+        "     0  912,345  40,000         30.9  39,000         31.7   5,123",
+        "     1        -       -            -       -            -       -",
     ]
     assert counters.splitlines()[1:] == [
         "rx              2,469,134",
@@ -173,6 +182,21 @@ def test_stats_workers_counters_and_drops_by_reason(gateway, capsys):
     # The IKE core's counters and the bounds that were reached, zeroes left out.
     assert ike.splitlines() == ["IKE", "cookie_sent  1,500", "malformed        3"]
     assert limits.splitlines() == ["LIMITS REACHED", "sas_per_worker  2"]
+
+
+def test_stats_from_a_gateway_without_loop_counters(gateway, capsys):
+    """An older gateway's answer has no `loop`: no batch table, the rest as before."""
+    path, results = gateway
+    results["stats"] = {**STATS, "workers": [{k: v for k, v in w.items() if k != "loop"} for w in STATS["workers"]]}
+    code, out, err = run(capsys, "stats", "-s", str(path))
+    assert (code, err) == (0, "")
+    assert "FRAMES/BUSY" not in out and out.startswith("WORKER   PID") and len(out.split("\n\n")) == 5
+
+
+@pytest.mark.parametrize("n,d,text", [(0, 0, "-"), (5, 0, "-"), (0, 7, "0.0"), (64, 1, "64.0"), (1, 3, "0.3"),
+                                      (2, 3, "0.7"), (1235184, 40000, "30.9"), (10**12, 1, "1000000000000.0")])
+def test_ratio(n, d, text):
+    assert fmt.ratio(n, d) == text
 
 
 def test_status_is_one_screen(gateway, capsys):

@@ -35,9 +35,10 @@ SAS = [
 STATS = {
     "workers": [
         {"id": 0, "pid": 10, "alive": True, "restarts": 0, "rx": 1200, "tx": 1190, "handoff_in": 5,
-         "handoff_out": 7, "drops": {"no_neighbor": 3}, "sockets": {"wan0/q0": {"rx_dropped": 0, "rx_ring_full": 4}}},
+         "handoff_out": 7, "drops": {"no_neighbor": 3}, "sockets": {"wan0/q0": {"rx_dropped": 0, "rx_ring_full": 4}},
+         "loop": {"rounds": 500, "busy_rounds": 60, "frames": 1207, "kicks": 58, "kick_frames": 1190, "sleeps": 30}},
         {"id": 1, "pid": 11, "alive": False, "restarts": 2, "rx": 800, "tx": 790, "handoff_in": 7,
-         "handoff_out": 5, "drops": {}, "sockets": {}},
+         "handoff_out": 5, "drops": {}, "sockets": {}, "loop": {}},
     ],
     "xdp": {"stats": {"rx": 2100, "pass": 60, "ike": 8, "protect": 1000}, "drops": {"no_sa": 9, "policy_discard": 1}},
 }
@@ -70,6 +71,13 @@ EXPECTED = [
     ("xdpsec_worker_up", {"worker": "0"}, 1), ("xdpsec_worker_up", {"worker": "1"}, 0),
     ("xdpsec_xsk_events_total", {"worker": "0", "socket": "wan0/q0", "event": "rx_dropped"}, 0),
     ("xdpsec_xsk_events_total", {"worker": "0", "socket": "wan0/q0", "event": "rx_ring_full"}, 4),
+    # worker 1 is dead and answered no loop counters: no series, rather than counters that fall back to 0
+    ("xdpsec_worker_rounds_total", {"worker": "0", "kind": "busy"}, 60),
+    ("xdpsec_worker_rounds_total", {"worker": "0", "kind": "idle"}, 440),
+    ("xdpsec_worker_round_frames_total", {"worker": "0"}, 1207),
+    ("xdpsec_worker_tx_kicks_total", {"worker": "0"}, 58),
+    ("xdpsec_worker_tx_kick_frames_total", {"worker": "0"}, 1190),
+    ("xdpsec_worker_sleeps_total", {"worker": "0"}, 30),
     ("xdpsec_xdp_rx_packets_total", {}, 2100), ("xdpsec_xdp_pass_packets_total", {}, 60),
     ("xdpsec_xdp_ike_packets_total", {}, 8), ("xdpsec_xdp_protect_packets_total", {}, 1000),
     ("xdpsec_xdp_drops_total", {"reason": "no_sa"}, 9), ("xdpsec_xdp_drops_total", {"reason": "policy_discard"}, 1),
@@ -142,6 +150,23 @@ def test_family_types_and_units():
     counters = {n for n, t in types.items() if t == "counter"}
     assert counters == set(types) - gauges - {"xdpsec_ike_handshake_seconds"}
     assert all(n.startswith("xdpsec_") for n in types)
+
+
+def _rounds(loop: dict) -> dict:
+    (family,) = [f for f in metrics.worker_families([{"id": 3, "loop": loop}]) if f.name == "xdpsec_worker_rounds"]
+    return {s.labels["kind"]: s.value for s in family.samples}
+
+
+@given(busy=st.integers(0, 2**52), idle=st.integers(0, 2**52))
+def test_busy_and_idle_rounds_add_up_to_the_rounds(busy, idle):
+    """sum by (worker) of xdpsec_worker_rounds_total is every round the worker made (exact up to 2**53)."""
+    got = _rounds({"rounds": busy + idle, "busy_rounds": busy})
+    assert got == {"busy": busy, "idle": idle}
+
+
+def test_idle_rounds_never_negative():
+    """A snapshot with more busy rounds than rounds (never from a worker) must not make a counter negative."""
+    assert _rounds({"rounds": 5, "busy_rounds": 9}) == {"busy": 9, "idle": 0}
 
 
 def test_scrapes_read_the_source_afresh():
