@@ -273,6 +273,26 @@ of each target", says why); what would move these figures is a NIC with AF_XDP z
 worker, which this lab does not have."""
 
 
+def _spd_cost_table(cost: dict) -> list[str]:
+    """The classifier's cost per packet by SPD size: records from before the flow cache hold one average per
+    size, later ones the walk and the cached decision (scripts/scale.py spd_cost)."""
+    by_size = cost["ns_per_packet_by_policies"]
+    head = ["| policies | " + " | ".join(by_size) + " |", "|---|" + "---|" * len(by_size)]
+    if not all(isinstance(v, dict) for v in by_size.values()):
+        return ["SPD walk in XDP, worst case (a packet no policy matches, so every row is visited), "
+                f"BPF_PROG_TEST_RUN average over {cost['repeat']} runs:", "", *head,
+                "| ns per packet | " + " | ".join(str(v) for v in by_size.values()) + " |"]
+    rows = [(f"walk, flow not cached (median of {cost['walks']} single runs)", "walk"),
+            (f"cached flow (median of {cost['walks']} single runs)", "cached"),
+            (f"cached flow (kernel average over {cost['repeat']} runs)", "cached_avg")]
+    return ["The classifier's cost per packet in ns, worst case (a packet no policy matches, so a walk visits every "
+            "row), BPF_PROG_TEST_RUN; a single run includes ~300 ns of measurement overhead. A flow's first "
+            "packet walks the SPD and files the decision in the flow cache (`xdpsec/bpf/include/spd.h`); the "
+            "next ones take it from there:", "", *head,
+            *("| " + label + " | " + " | ".join(str(round(v[key])) for v in by_size.values()) + " |"
+              for label, key in rows)]
+
+
 def render(result: dict, raw: Path, out: Path, plot_paths: dict[str, Path]) -> str:
     info, s = result["machine"], result["settings"]
     quick = result["quick"]
@@ -434,11 +454,7 @@ def scale_section(bench_dir: Path, out: Path) -> str:
                          f"{u['coordinator']['cpu_s']:.1f} | {workers} |")
     cost = r.get("spd_cost")
     if cost:
-        lines += ["", "SPD walk in XDP, worst case (a packet no policy matches, so every row is visited), "
-                  f"BPF_PROG_TEST_RUN average over {cost['repeat']} runs:", "",
-                  "| policies | " + " | ".join(cost["ns_per_packet_by_policies"]) + " |",
-                  "|---|" + "---|" * len(cost["ns_per_packet_by_policies"]),
-                  "| ns per packet | " + " | ".join(str(v) for v in cost["ns_per_packet_by_policies"].values()) + " |"]
+        lines += ["", *_spd_cost_table(cost)]
     lines += ["", "**Method.** " + " ".join(" ".join(p.split()) for p in r.get("method", []))]
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,7 @@ XS_MAX_QUEUES = _DEFINES["XS_MAX_QUEUES"]
 XS_MAX_LOCAL_ADDRS = _DEFINES["XS_MAX_LOCAL_ADDRS"]
 XS_MAX_IKE_PREFIXES = _DEFINES["XS_MAX_IKE_PREFIXES"]
 XS_MAX_IKE_EXEMPT = _DEFINES["XS_MAX_IKE_EXEMPT"]
+XS_SPD_CACHE_SIZE = _DEFINES["XS_SPD_CACHE_SIZE"]
 XS_META_MAGIC = _DEFINES["XS_META_MAGIC"]
 XS_PROG_SPD = _DEFINES["XS_PROG_SPD"]
 
@@ -103,7 +104,7 @@ class XsConfigVal(ctypes.Structure):
     """struct xs_config_val: xs_config[0]."""
 
     _fields_ = [("active_bank", _u32), ("count", _u32 * 2), ("encap_port", _u16), ("default_action", _u8),
-                ("pad", _u8)]
+                ("pad", _u8), ("spd_generation", _u32)]
 
 
 class XsPolicy(ctypes.Structure):
@@ -113,6 +114,31 @@ class XsPolicy(ctypes.Structure):
                 ("sport_lo", _u16), ("sport_hi", _u16), ("dport_lo", _u16), ("dport_hi", _u16),
                 ("child_id", _u32), ("policy_id", _u32),
                 ("family", _u8), ("direction", _u8), ("action", _u8), ("proto", _u8)]
+
+
+class XsSpdHit(ctypes.Structure):
+    """struct xs_spd_hit: the first policy of one direction that matched a flow (found 0: none did)."""
+
+    _fields_ = [("policy_id", _u32), ("child_id", _u32), ("action", _u8), ("found", _u8), ("pad", _u8 * 2)]
+
+
+class XsSpdMatch(ctypes.Structure):
+    """struct xs_spd_match: a walk's result, the first OUT and the first IN match."""
+
+    _fields_ = [("out", XsSpdHit), ("in_", XsSpdHit)]  # `in` in C
+
+
+class XsFlowKey(ctypes.Structure):
+    """struct xs_flow_key: key of xs_spd_cache, the selectors the SPD walk looks at."""
+
+    _fields_ = [("src", _Addr), ("dst", _Addr), ("sport", _u16), ("dport", _u16), ("family", _u8), ("proto", _u8),
+                ("pad", _u8 * 2)]
+
+
+class XsSpdCacheVal(ctypes.Structure):
+    """struct xs_spd_cache_val: value of xs_spd_cache, a walk's result under one SPD generation."""
+
+    _fields_ = [("m", XsSpdMatch), ("generation", _u32), ("key", XsFlowKey)]
 
 
 class XsChild(ctypes.Structure):

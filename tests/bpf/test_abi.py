@@ -27,11 +27,21 @@ MIRRORS = [
     ("xs_ike_limits", "Leaf", abi.XsIkeLimits),
     ("xs_ike_prefixes", "Key", abi.XsAddrKey),
     ("xs_ike_exempt", "Key", abi.XsAddrKey),
+    ("xs_spd_cache", "Key", abi.XsFlowKey),
+    ("xs_spd_cache", "Leaf", abi.XsSpdCacheVal),
 ]
 
 
-def layout(cls) -> list[tuple[str, int, int]]:
-    return [(name, getattr(cls, name).offset, getattr(cls, name).size) for name, _ in cls._fields_]
+def layout(cls, base: int = 0, prefix: str = "") -> list[tuple[str, int, int]]:
+    """(field path, offset, size) of every field, nested structs' fields included."""
+    rows = []
+    for name, ftype, *_ in cls._fields_:
+        field = getattr(cls, name)
+        path = prefix + name.removesuffix("_")  # C's `in` is `in_` in Python
+        rows.append((path, base + field.offset, field.size))
+        if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
+            rows += layout(ftype, base + field.offset, path + ".")
+    return rows
 
 
 def assert_same_layout(generated, mirror) -> None:
@@ -77,4 +87,5 @@ def test_meta_fits_the_metadata_area():
 
 def test_limits_read_from_the_header():
     assert abi.XS_MAX_POLICIES == 4096
+    assert abi.XS_SPD_CACHE_SIZE == 65536
     assert abi.XS_META_MAGIC == int.from_bytes(b"xsec", "big")

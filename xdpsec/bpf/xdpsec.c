@@ -129,7 +129,7 @@ int xdpsec_classify(struct xdp_md *ctx)
 	}
 	if (rc != XS_TO_SPD)
 		return rc;
-	if (xs_scratch.update(&zero, &pkt) || spd_walk_start(cfg))
+	if (xs_scratch.update(&zero, &pkt) || spd_walk_start(cfg, &pkt))
 		return drop(XS_DROP_INTERNAL);
 	xs_progs.call(ctx, XS_PROG_SPD);
 	return drop(XS_DROP_INTERNAL);  /* only reached if the tail call failed */
@@ -267,7 +267,7 @@ static __always_inline int classify_encap(struct xdp_md *ctx, const struct xs_if
 static __always_inline int classify_cleartext(struct xdp_md *ctx, const struct xs_iface *ifc,
 					      const struct xs_config_val *cfg, const struct xs_pkt *pkt)
 {
-	struct spd_match m;
+	struct xs_spd_match m;
 	struct xs_child *child;
 	int rc;
 

@@ -1,9 +1,9 @@
 """The bcc loader of the XDP classifier (xdpsec/bpf/xdpsec.c): compile, attach, typed map setters, pins, test runs.
 
 This is the only module that imports bcc. The coordinator drives the classifier through `Classifier`: it
-registers interfaces and their slots, writes the SPD (two banks, flipped atomically), the child -> outbound SA
-table, the inbound SAs by (SPI, protocol), the gateway's own addresses and the AF_XDP sockets, and reads the
-per-CPU counters back. Every map value is a ctypes mirror from `xdpsec.abi`, so a layout change in
+registers interfaces and their slots, writes the SPD (two banks, flipped atomically; a generation retires the
+flow cache in front of the walk), the child -> outbound SA table, the inbound SAs by (SPI, protocol), the
+gateway's own addresses and the AF_XDP sockets, and reads the per-CPU counters back. Every map value is a ctypes mirror from `xdpsec.abi`, so a layout change in
 xdpsec/bpf/include/xdpsec_abi.h shows up in tests/bpf/test_abi.py rather than as garbage in a map.
 
 bcc rewrites map method calls (`xs_stats.lookup(&k)`) only in the file it compiles, not in included headers,
@@ -245,7 +245,8 @@ class Classifier:
 
         Rows go into the inactive bank in priority order (a stable sort: ties keep their given order, as in
         xdpsec/spd.py); then that bank's count is stored and last the active bank flips, so a packet sees the
-        old set or the new one, never a mix (see struct xs_config_val). `child_ids` maps a PROTECT OUT
+        old set or the new one, never a mix (see struct xs_config_val); then the SPD generation moves on, so
+        no flow keeps a decision of the old set (the flow cache, spd.h). `child_ids` maps a PROTECT OUT
         policy's child name to its slot in xs_child_out.
         """
         ordered = sorted(policies, key=lambda p: p.priority)
@@ -275,10 +276,21 @@ class Classifier:
         self._write_config(cfg)
         cfg.active_bank = bank
         self._write_config(cfg)
+        self.invalidate_spd_cache()
         # counters of policies that are gone go with them (a packet racing the flip may still count one)
         for policy_id in self._hit_ids - new_ids:
             del hits[ctypes.c_uint32(policy_id)]
         self._hit_ids = new_ids
+
+    def invalidate_spd_cache(self) -> None:
+        """Make every flow cached so far walk the SPD again: its entry's generation is no longer current.
+
+        A map update of its own, after the bank flip: the program reads the generation before the bank, so a
+        walk that read the new generation walks the new bank (spd.h). Child SAs are not cached and need none.
+        """
+        cfg = self._config()
+        cfg.spd_generation = (cfg.spd_generation + 1) & 0xFFFF_FFFF
+        self._write_config(cfg)
 
     def set_child_sa(self, child_id: int, sa_index: int, owner: int) -> None:
         self["xs_child_out"][ctypes.c_uint32(child_id)] = abi.XsChild(sa_index=sa_index, owner=owner, valid=1)

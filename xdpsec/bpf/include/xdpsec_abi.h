@@ -61,6 +61,8 @@ enum xs_stat {
 	XS_STAT_INBOUND_AH = 6,         /* AH steered to a worker */
 	XS_STAT_DROP = 7,               /* dropped (by reason in `drops`) */
 	XS_STAT_VLAN = 8,               /* 802.1Q/802.1ad tagged frames seen */
+	XS_STAT_SPD_CACHE_HIT = 9,      /* SPD decision taken from the flow cache, no walk (spd.h) */
+	XS_STAT_SPD_CACHE_MISS = 10,    /* SPD walked (flow not cached, or cached under older policies) */
 	XS_STAT__MAX
 };
 
@@ -97,6 +99,7 @@ enum xs_dir {
 #define XS_MAX_IKE_EXEMPT 4096         /* configured IKE peers with a bucket of their own */
 #define XS_MAX_VLAN_TAGS 2              /* 802.1ad outer + 802.1Q inner */
 #define XS_MAX_EXTHDRS 8                /* IPv6 extension headers parsed before giving up */
+#define XS_SPD_CACHE_SIZE 65536         /* flows whose SPD matches are remembered (LRU, spd.h) */
 #define XS_META_MAGIC 0x78736563        /* "xsec": struct xs_meta is present */
 #define XS_PROG_SPD 0                   /* xs_progs slot of the SPD program (tail call from the parser) */
 
@@ -126,8 +129,10 @@ struct xs_iface {
 
 /*
  * xs_config[0]. The SPD is an array of two banks; the coordinator writes the inactive bank, then stores its
- * count, then flips active_bank (three map updates in that order): the program reads active_bank once and then
- * only the count and policies of that bank, so a packet sees either the whole old set or the whole new one.
+ * count, then flips active_bank, then increments spd_generation (four map updates in that order): the program
+ * reads spd_generation, then active_bank once, and then only the count and policies of that bank, so a packet
+ * sees either the whole old set or the whole new one, and the flow cache (spd.h) never files a result of one
+ * bank under the generation of a later one.
  */
 struct xs_config_val {
 	__u32 active_bank;              /* 0 or 1 */
@@ -135,6 +140,7 @@ struct xs_config_val {
 	__u16 encap_port;               /* UDP destination port of RFC 3948 encapsulation (4500) */
 	__u8 default_action;            /* enum xs_action when no policy matches: BYPASS or DISCARD */
 	__u8 pad;
+	__u32 spd_generation;           /* changes with every SPD written: older xs_spd_cache entries are misses */
 };
 
 /*
@@ -157,6 +163,40 @@ struct xs_policy {
 	__u8 direction;                 /* enum xs_dir */
 	__u8 action;                    /* enum xs_action */
 	__u8 proto;                     /* IP protocol, 0 = any */
+};
+
+/*
+ * The SPD flow cache (spd.h): a flow's first OUT and first IN match, as the walk found them under one
+ * spd_generation. Only the match is kept, never the child's SA, which is looked up afterwards as after a walk.
+ */
+struct xs_spd_hit {
+	__u32 policy_id;
+	__u32 child_id;
+	__u8 action;                    /* enum xs_action */
+	__u8 found;                     /* 0: no policy of this direction matched (the other fields are 0) */
+	__u8 pad[2];
+};
+
+struct xs_spd_match {
+	struct xs_spd_hit out;
+	struct xs_spd_hit in;
+};
+
+/* Everything the walk's result depends on: the selectors of RFC 4301 4.4.1.1 as the classifier parsed them. */
+struct xs_flow_key {
+	__be32 src[4];                  /* xs_policy address layout */
+	__be32 dst[4];
+	__u16 sport;                    /* host order; ICMP type; 0 without a transport header */
+	__u16 dport;                    /* host order; ICMP code */
+	__u8 family;                    /* 4 or 6 */
+	__u8 proto;
+	__u8 pad[2];
+};
+
+struct xs_spd_cache_val {
+	struct xs_spd_match m;
+	__u32 generation;               /* spd_generation the walk started under */
+	struct xs_flow_key key;         /* the entry's own key again: an LRU element can be recycled under a reader */
 };
 
 /* xs_child_out[child_id]: the child's current outbound SA; a rekey replaces this one entry. */
