@@ -43,6 +43,12 @@ class PairSpec:
     initiator_action: str = "start"  # start_action of the first side of an IKE pair: start | trap | none
 
 
+def lab_psk() -> str:
+    """A fresh random PSK as text. The prefix keeps it from starting with "0x" or "0s", which xdpsec and
+    swanctl read as hex or base64 (one random token in 4096 did, and failed to load)."""
+    return "lab-" + secrets.token_urlsafe(24)
+
+
 def _keys(proposal: str, protocol: Protocol) -> tuple[str, str]:
     t = parse_ah(proposal) if protocol == Protocol.AH else parse_esp(proposal)
     return secrets.token_hex(t.enc_key_len), secrets.token_hex(t.integ_key_len)
@@ -186,7 +192,7 @@ def write_pair(directory: Path, a: Side, b: Side, spec: PairSpec) -> tuple[Path,
     keys_ab = _keys(spec.proposal, spec.protocol) if manual else ("", "")
     keys_ba = _keys(spec.proposal, spec.protocol) if manual else ("", "")
     paths = []
-    psk = secrets.token_urlsafe(24)
+    psk = lab_psk()
     for side, out_spi, in_spi, out_k, in_k in ((a, spi_ab, spi_ba, keys_ab, keys_ba),
                                                  (b, spi_ba, spi_ab, keys_ba, keys_ab)):
         path = directory / f"{side.instance}.toml"

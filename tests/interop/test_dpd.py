@@ -16,14 +16,13 @@ or the marker in a capture on the wire, would prove that gwA sent it unprotected
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 
 import pytest
 
 from xdpsec.config import load
-from xdpsec.labconf import MARKER, Gateways, PairSpec, render_ike, site_sides, wire_report
+from xdpsec.labconf import MARKER, Gateways, PairSpec, lab_psk, render_ike, site_sides, wire_report
 from xdpsec.labswan import start_charon, swanctl_conn
 
 pytestmark = pytest.mark.interop
@@ -56,7 +55,7 @@ class DpdLab:
         self.lab, self.tmp = lab, tmp_path
         a, b = site_sides(lab, workers=1)
         spec = PairSpec(mode="tunnel", proposal="aes128gcm16", keying="ike", workers=1)
-        psk = secrets.token_urlsafe(24)
+        psk = lab_psk()
         text = render_ike(a, spec, psk=psk, initiator=True, state_dir=str(tmp_path / "state"), **DPD_KEYS,
                           child_keys=f'dpd_action = "{dpd_action}"')
         path = tmp_path / f"{a.instance}.toml"

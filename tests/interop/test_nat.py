@@ -27,7 +27,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from xdpsec.lab import NAT_NODE, NAT_PORTS, Lab
-from xdpsec.labconf import MARKER, Gateways, PairSpec, Side, render_ike, site_sides, wire_report
+from xdpsec.labconf import MARKER, Gateways, PairSpec, Side, lab_psk, render_ike, site_sides, wire_report
 from xdpsec.labswan import start_charon, swanctl_conn
 
 pytestmark = pytest.mark.interop
@@ -219,7 +218,7 @@ def test_xdpsec_behind_nat_with_strongswan(requires_charon, nat_lab, gateways, t
     lab, gws = nat_lab, gateways
     nat_out, gw_b = lab.addr[NAT_NODE]["wan_v4"], lab.addr["gwB"]["wan_v4"]
     spec = PairSpec(mode="tunnel", proposal=ESP_PROPOSAL, keying="ike", ike_proposal=IKE_PROPOSAL, workers=1)
-    psk = secrets.token_urlsafe(24)
+    psk = lab_psk()
     _a, b = site_sides(lab)
     conf = swanctl_conn("lab", local_addrs=[gw_b], remote_addrs="%any", local_id=b.local_addr,
                         remote_id=b.remote_addr, local_ts=b.local_ts, remote_ts=b.remote_ts, auth="psk",
@@ -257,7 +256,7 @@ def test_xdpsec_behind_nat_with_xdpsec(nat_lab, gateways, tmp_path, peer):
     lab, gws = nat_lab, gateways
     nat_out, gw_b = lab.addr[NAT_NODE]["wan_v4"], lab.addr["gwB"]["wan_v4"]
     spec = PairSpec(mode="tunnel", proposal=ESP_PROPOSAL, keying="ike", ike_proposal=IKE_PROPOSAL, workers=1)
-    psk = secrets.token_urlsafe(24)
+    psk = lab_psk()
     _a, b = site_sides(lab, workers=spec.workers)
     text = responder_config(b, spec, psk=psk, remote_addrs=nat_out if peer == "nat-address" else "%any",
                             state_dir=str(tmp_path / "state-b"))

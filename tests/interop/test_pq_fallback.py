@@ -19,13 +19,12 @@ IKE_FOLLOWUP_KE exchange.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 
 import pytest
 
 from xdpsec.control import request, socket_path
-from xdpsec.labconf import MARKER, Gateways, PairSpec, render_ike, site_sides, wire_report
+from xdpsec.labconf import MARKER, Gateways, PairSpec, lab_psk, render_ike, site_sides, wire_report
 from xdpsec.labswan import SwanError, start_charon, swanctl_conn
 
 pytestmark = pytest.mark.interop
@@ -52,7 +51,7 @@ def fallback(swan_lab, tmp_path):
         lab = swan_lab
         spec = PairSpec(mode="tunnel", proposal=esp, keying="ike", ike_proposal=XDPSEC_IKE, workers=1)
         a, b = site_sides(lab, workers=spec.workers)
-        psk = secrets.token_urlsafe(24)
+        psk = lab_psk()
         text = render_ike(a, spec, initiator=xdpsec_initiates, state_dir=str(tmp_path / "state"), psk=psk)
         path = tmp_path / f"{a.instance}.toml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -15,14 +15,13 @@ that Delete is answered.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 
 import pytest
 
 from tests.netns.test_rekey import Streams, clean
 from xdpsec.control import request, socket_path
-from xdpsec.labconf import Gateways, PairSpec, render_ike, site_sides
+from xdpsec.labconf import Gateways, PairSpec, lab_psk, render_ike, site_sides
 from xdpsec.labswan import SwanError, start_charon, swanctl_conn
 
 pytestmark = pytest.mark.interop
@@ -50,7 +49,7 @@ class Mixed:
         self.lab = lab
         a, b = site_sides(lab, workers=1)
         spec = PairSpec(mode="tunnel", proposal="aes128gcm16", keying="ike", workers=1)
-        psk = secrets.token_urlsafe(24)
+        psk = lab_psk()
         path = tmp_path / f"{a.instance}.toml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

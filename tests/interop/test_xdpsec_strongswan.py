@@ -18,7 +18,6 @@ import datetime
 import ipaddress
 import itertools
 import os
-import secrets
 import time
 
 import pytest
@@ -31,7 +30,16 @@ from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from xdpsec.control import request, socket_path
-from xdpsec.labconf import MARKER, Gateways, PairSpec, render_ike, site_sides, wire_report, write_pubkey_files
+from xdpsec.labconf import (
+    MARKER,
+    Gateways,
+    PairSpec,
+    lab_psk,
+    render_ike,
+    site_sides,
+    wire_report,
+    write_pubkey_files,
+)
 from xdpsec.labswan import SwanError, start_charon, swanctl_conn
 
 pytestmark = pytest.mark.interop
@@ -117,7 +125,7 @@ def mixed(swan_lab, tmp_path, pki):
         spec = PairSpec(mode="tunnel", proposal=esp, keying="ike", ike_proposal=ike, workers=1)
         a, b = site_sides(lab, workers=spec.workers)
         if auth == "psk":
-            psk = secrets.token_urlsafe(24)
+            psk = lab_psk()
             creds = {"psk": psk}
             swan_auth = {"local_id": b.local_addr, "remote_id": b.remote_addr, "psk": psk.encode()}
             swan_files = {}

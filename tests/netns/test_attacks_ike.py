@@ -45,7 +45,7 @@ from xdpsec.control import request, socket_path
 from xdpsec.ike import wire
 from xdpsec.ike.consts import ExchangeType, PayloadType
 from xdpsec.lab import Lab
-from xdpsec.labconf import Gateways, PairSpec, render_ike, site_sides
+from xdpsec.labconf import Gateways, PairSpec, lab_psk, render_ike, site_sides
 
 pytestmark = pytest.mark.netns
 
@@ -128,7 +128,7 @@ def ike_pair(lab, directory: Path, *, initiator: str = "gwA", action: str = "non
     sides = {"gwA": a, "gwB": b}
     responder = "gwB" if initiator == "gwA" else "gwA"
     spec = PairSpec(mode="tunnel", proposal="aes128gcm16", keying="ike", workers=1, initiator_action=action)
-    psk = secrets.token_urlsafe(24)
+    psk = lab_psk()
     configs = {}
     for node, side in sides.items():
         extra = [f'[metrics]\nlisten = "{LISTEN}"']

@@ -15,7 +15,6 @@ by traffic: the pings after a rekey are counted on the new inbound SA.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -25,7 +24,7 @@ import pytest
 from tests.netns.test_ike_e2e import wait_for_sas
 from xdpsec.control import request, socket_path
 from xdpsec.crypto.kem import Kem
-from xdpsec.labconf import MARKER, Gateways, PairSpec, render_ike, site_sides, wire_report
+from xdpsec.labconf import MARKER, Gateways, PairSpec, lab_psk, render_ike, site_sides, wire_report
 
 pytestmark = pytest.mark.netns
 
@@ -68,7 +67,7 @@ def hybrid(make_lab, tmp_path):
         lab = make_lab(topology="site")
         spec = PairSpec(mode="tunnel", proposal=PQ_ESP, keying="ike", workers=1, ike_proposal=PQ)
         a, b = site_sides(lab, workers=spec.workers)
-        psk = secrets.token_urlsafe(24)
+        psk = lab_psk()
         gws = Gateways(lab)
         started.append(gws)
         for node, side in (("gwA", a), ("gwB", b)):
