@@ -13,15 +13,13 @@ each through its own SAs (per-SA packet counters), and terminating one peer leav
 
 from __future__ import annotations
 
-import datetime
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.netns.test_ike_fragment import _cert  # a throw-away ECDSA CA's certificates
 from xdpsec.lab import Lab
 from xdpsec.labconf import Gateways, write_pubkey_files
 
@@ -31,17 +29,6 @@ SPOKES = (1, 2, 3)
 HUB_NET, SPOKES_NET = "198.51.100.0/25", "198.51.100.128/25"
 PINGS = 4
 DEADLINE = 60.0  # seconds for all tunnels to come up
-
-
-def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
 
 def _pki(directory, nodes):
